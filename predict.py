@@ -1,0 +1,222 @@
+"""Predict the classes of images with a checkpoint of train.py (or torchvision's ImageNet ViT-B/16).
+
+    python predict.py --model models/RUN.pt photo.jpg [more.jpg | FOLDER | 'GLOB*.jpg' ...] [--topk 3] [--json]
+    python predict.py --pretrained photo.jpg --explain
+    python predict.py --model models/RUN.pt --evaluate data/pizza_steak_sushi
+
+Per image: a top-K table (or with --json one JSON object per line) and a figure results/predictions/<stem>.png
+(--save: the figure's path for one image, else a folder), with --explain also <stem>_attention.png (attention
+rollout); for a folder, a glob or several images also predictions.csv. --evaluate ROOT (a split folder
+ROOT/<class>/<images>, or a root holding test/) adds accuracy, per-class precision/recall/F1 and a confusion matrix.
+Unreadable images are reported one line each and skipped; the exit status is then 2.
+"""
+import argparse
+import csv
+import glob
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vit import build_model
+from vit.checkpoint import load_checkpoint, model_from_checkpoint
+from vit.data import class_folders, decode, eval_transform, is_image, list_files, load_split
+from vit.errors import UserError
+from vit.explain import attention_rollout, model_view, save_attention_figure, save_prediction_figure
+from vit.metrics import classification_report, confusion_matrix, format_report
+from vit.plots import plot_confusion
+
+OUT_DIR = Path("results/predictions")  # default folder for figures, predictions.csv and evaluation results
+FIGURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pdf", ".svg"}  # --save with one of these is a file, else a folder
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="*", help="image files, folders (searched recursively) or glob patterns")
+    parser.add_argument("--img_path", action="append", default=[], help="one more image (repeatable)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="checkpoint written by train.py (models/RUN.pt)")
+    source.add_argument("--pretrained", action="store_true", help="torchvision's ImageNet vit_b_16 instead")
+    parser.add_argument("--topk", type=int, default=3, help="classes shown per image (at most all classes)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
+    parser.add_argument("--save", help=f"figure path (one image) or folder (default {OUT_DIR})")
+    parser.add_argument("--explain", action="store_true", help="also save the attention rollout over the photo")
+    parser.add_argument("--evaluate", metavar="ROOT", help="labelled folder to measure accuracy on")
+    args = parser.parse_args(argv)
+    if not (args.images or args.img_path or args.evaluate):
+        parser.error("give at least one image, folder or glob, or --evaluate ROOT")
+    if args.topk < 1 or args.batch_size < 1:
+        parser.error("--topk and --batch_size must be at least 1")
+    return args
+
+
+def pick_device(name):
+    """torch.device for --device; UserError when CUDA is asked for but absent."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
+    return torch.device(name)
+
+
+def load_model(args):
+    """The model (with .classes and .preprocess) and a label naming it."""
+    if args.model:
+        model, label = model_from_checkpoint(load_checkpoint(args.model)), args.model
+    else:
+        model, label = build_model("vit_b_16", pretrained=True), "vit_b_16 (torchvision ImageNet weights)"
+    if not model.classes:
+        raise UserError(f"{label}: holds no class names; use a checkpoint written by train.py")
+    return model.eval(), label
+
+
+def expand(inputs):
+    """Image paths from files, folders (recursively, image files only) and glob patterns; also whether
+    any folder or glob was given. Folders and globs that match no image are reported as failures."""
+    paths, failures, listing = [], [], False
+    for arg in inputs:
+        if Path(arg).is_dir() or any(c in arg for c in "*?["):
+            listing = True
+            found = list_files(arg) if Path(arg).is_dir() else sorted(map(Path, glob.glob(arg, recursive=True)))
+            found = [p for p in found if p.is_file() and is_image(p)]
+            if not found:
+                failures.append(f"{arg}: no image files found; check the folder or pattern")
+            paths += found
+        else:
+            paths.append(Path(arg))
+    return paths, failures, listing
+
+
+@torch.inference_mode()
+def probabilities(model, tensors, device):
+    """Softmax over all classes for a list of preprocessed (3, H, W) tensors, on the CPU."""
+    return model(torch.stack(tensors).to(device)).float().softmax(dim=-1).cpu()
+
+
+def predict(model, paths, device, batch_size, explain, failures):
+    """Yield (path, input tensor, probabilities, attention map or None) per readable image, batch by batch."""
+    size, transform = model.preprocess["resize_size"], eval_transform(model.preprocess)
+    bar = tqdm(total=len(paths), unit="img", disable=len(paths) < 2, file=sys.stderr)
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start:start + batch_size]:
+            try:
+                batch.append((path, transform(decode(path, size))))  # decoded as training's test images are
+            except UserError as e:
+                failures.append(str(e))
+                tqdm.write(f"error: {e}", file=sys.stderr)
+        if batch:
+            tensors = [t for _, t in batch]
+            probs = probabilities(model, tensors, device)
+            maps = attention_rollout(model, torch.stack(tensors).to(device)).cpu() if explain else [None] * len(batch)
+            yield from ((path, t, p, m) for (path, t), p, m in zip(batch, probs, maps))
+        bar.update(len(paths[start:start + batch_size]))
+    bar.close()
+
+
+def figure_paths(paths, save):
+    """Figure path per image: --save itself for one image and a file name, else FOLDER/<stem>.png (made unique)."""
+    if save and Path(save).suffix.lower() in FIGURE_SUFFIXES:
+        if len(paths) > 1:
+            raise UserError(f"--save {save}: a file name, but {len(paths)} images; pass a folder instead")
+        return {paths[0]: Path(save)} if paths else {}, Path(save).parent
+    folder, figures, used = Path(save or OUT_DIR), {}, set()
+    for path in paths:
+        stem, n = path.stem, 1
+        while stem in used:  # same file name in two folders
+            n += 1
+            stem = f"{path.stem}_{n}"
+        used.add(stem)
+        figures[path] = folder / f"{stem}.png"
+    return figures, folder
+
+
+def show(path, names, probs, label, as_json):
+    """Print one image's top-K as a JSON line or an aligned table."""
+    if as_json:
+        predictions = [{"class": n, "probability": round(p, 6)} for n, p in zip(names, probs)]
+        print(json.dumps({"image": str(path), "predictions": predictions, "model": label}), flush=True)
+    else:
+        width = max(map(len, names))
+        print(f"{path}\n" + "\n".join(f"  {n:<{width}}  {p:6.1%}" for n, p in zip(names, probs)), flush=True)
+
+
+def evaluate(model, root, device, batch_size, out_dir, failures):
+    """Accuracy, per-class metrics and confusion matrix on a labelled folder; printed and saved in out_dir."""
+    root = Path(root)
+    split = next((root / s for s in ("test", "val") if (root / s).is_dir()), root)
+    if not split.is_dir():
+        raise UserError(f"{root}: no such folder; pass ROOT/<class>/<images> or a root holding test/")
+    folders = class_folders(split)
+    unknown = [f for f in folders if f not in model.classes]
+    if not folders or unknown:
+        raise UserError(f"{split}: class folders {unknown or 'missing'} are not the model's classes "
+                        f"({', '.join(model.classes[:10])}); pass a folder with one sub-folder per class")
+    decoded = load_split(split, folders, model.preprocess["resize_size"])
+    for path, reason in decoded.skipped:
+        failures.append(f"{path}: {reason}")
+        print(f"error: {path}: {reason}", file=sys.stderr)
+    transform, preds = eval_transform(model.preprocess), []
+    for start in tqdm(range(0, len(decoded.images), batch_size), desc="evaluate", file=sys.stderr):
+        tensors = [transform(image) for image in decoded.images[start:start + batch_size]]
+        preds += probabilities(model, tensors, device).argmax(dim=-1).tolist()
+    labels = [model.classes.index(folders[label]) for label in decoded.labels]
+    matrix = confusion_matrix(preds, labels, len(model.classes))
+    report = classification_report(matrix, model.classes)
+    print(f"evaluation on {split}\n{format_report(report)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = dict(report, data=str(split), confusion_matrix=matrix.tolist())
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=1))
+    plot_confusion(matrix, model.classes, out_dir / "confusion_matrix.png")
+    print(f"saved {out_dir / 'evaluation.json'} and {out_dir / 'confusion_matrix.png'}")
+
+
+def run(args):
+    """Everything predict.py does; returns the exit status."""
+    model, label = load_model(args)
+    device = pick_device(args.device)
+    model.to(device)
+    paths, failures, listing = expand(args.images + args.img_path)
+    for message in failures:
+        print(f"error: {message}", file=sys.stderr)
+    figures, out_dir = figure_paths(paths, args.save)
+    k = min(args.topk, len(model.classes))
+    rows = []
+    for path, tensor, probs, attn_map in predict(model, paths, device, args.batch_size, args.explain, failures):
+        top = probs.topk(k)
+        names, top_probs = [model.classes[i] for i in top.indices], top.values.tolist()
+        show(path, names, top_probs, label, args.json)
+        view = model_view(tensor, model.preprocess)
+        save_prediction_figure(view, names, top_probs, figures[path])
+        if attn_map is not None:
+            title = f"{names[0]} ({top_probs[0]:.1%})"
+            save_attention_figure(view, attn_map, title, figures[path].with_name(f"{figures[path].stem}_attention.png"))
+        rows.append([str(path)] + [v for pair in zip(names, top_probs) for v in pair])
+    if rows and (listing or len(paths) > 1):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "predictions.csv", "w", newline="") as f:
+            header = [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
+            csv.writer(f).writerows([["image"] + header] + rows)
+        print(f"saved {len(rows)} predictions to {out_dir / 'predictions.csv'}", file=sys.stderr)
+    if args.evaluate:
+        evaluate(model, args.evaluate, device, args.batch_size, out_dir, failures)
+    if failures:
+        print(f"error: {len(failures)} input(s) failed (see above)", file=sys.stderr)
+    return 2 if failures else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

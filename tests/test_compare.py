@@ -1,0 +1,51 @@
+"""vit.compare: a figure and a summary table from metrics.json files; clear errors for bad ones."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).parents[1]
+
+
+def write_metrics(folder, test_accs, seconds):
+    """Write a metrics.json with one record per test accuracy, as train.py does."""
+    folder.mkdir(parents=True)
+    records = [{"epoch": i + 1, "train_loss": 2.0 - 0.1 * i, "train_acc": acc - 0.05, "test_loss": 1.5 - 0.1 * i,
+                "test_acc": acc, "lr": 1e-3, "seconds": seconds} for i, acc in enumerate(test_accs)]
+    (folder / "metrics.json").write_text(json.dumps(records))
+
+
+def compare(*args):
+    """Run python -m vit.compare as a user would."""
+    return subprocess.run([sys.executable, "-m", "vit.compare", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_compare_writes_figure_and_table(tmp_path):
+    write_metrics(tmp_path / "run_a", [0.5, 0.7, 0.6], seconds=30.0)
+    write_metrics(tmp_path / "run_b", [0.4, 0.8], seconds=90.5)
+    out = tmp_path / "figs" / "compare.png"
+    result = compare(tmp_path / "run_a", tmp_path / "run_b" / "metrics.json", "--out", out)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.width > 500 and image.height > 200
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()}
+    assert rows["run_a"][1:5] == ["0.7000", "0.6000", "3", "1m30.0s"]  # best, final, epochs, 3 x 30 s
+    assert rows["run_b"][1:5] == ["0.8000", "0.8000", "2", "3m01.0s"]
+
+
+def test_compare_bad_metrics(tmp_path):
+    write_metrics(tmp_path / "good", [0.5], seconds=1.0)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.json").write_text("[{")
+    (tmp_path / "wrong").mkdir()
+    (tmp_path / "wrong" / "metrics.json").write_text(json.dumps({"epoch": 1}))
+    for bad in ("missing", "broken", "wrong"):
+        result = compare(tmp_path / "good", tmp_path / bad, "--out", tmp_path / "c.png")
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and str(tmp_path / bad) in lines[0]
+    assert not (tmp_path / "c.png").exists()

@@ -1,0 +1,358 @@
+"""Tests for vit/data.py: folder checks, decoding, cache, transforms, Mixup/CutMix, download."""
+import functools
+import io
+import os
+import threading
+import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import vit.data as data
+from vit.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_image(path, size=(8, 6), color=(200, 30, 30), mode="RGB"):
+    """Write a small solid-colour image (format from the suffix) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+    return path
+
+
+def make_tree(root, classes=("cat", "dog"), per_class=2, test="test"):
+    """ROOT/{train,test}/<class>/<i>.png with `per_class` tiny images each."""
+    for split in ("train", test):
+        for c, name in enumerate(classes):
+            for i in range(per_class):
+                write_image(root / split / name / f"{i}.png", color=(40 * c, 10 * i, 90))
+    return root
+
+
+# ---- find_splits -----------------------------------------------------------------------------------------------------
+
+def test_find_splits_valid_tree_and_val_alias(tmp_path):
+    splits = data.find_splits(make_tree(tmp_path / "ds", classes=("b", "a", "C"), test="val"))
+    assert splits.classes == ["C", "a", "b"]  # sorted like ImageFolder
+    assert splits.train_dir == tmp_path / "ds" / "train" and splits.test_dir == tmp_path / "ds" / "val"
+
+
+def test_find_splits_missing_root(tmp_path):
+    with pytest.raises(UserError, match=r"nope: no such folder"):
+        data.find_splits(tmp_path / "nope")
+
+
+def test_find_splits_root_is_file(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UserError, match=r"file\.txt: not a folder"):
+        data.find_splits(tmp_path / "file.txt")
+
+
+def test_find_splits_missing_train(tmp_path):
+    (tmp_path / "test" / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"train: missing"):
+        data.find_splits(tmp_path)
+
+
+def test_find_splits_missing_test(tmp_path):
+    write_image(tmp_path / "train" / "a" / "0.png")
+    with pytest.raises(UserError, match=r"test: missing \(val/ is accepted too\)"):
+        data.find_splits(tmp_path)
+
+
+def test_find_splits_class_mismatch_names_both_sides(tmp_path):
+    make_tree(tmp_path, classes=("a", "b"))
+    write_image(tmp_path / "train" / "only_train" / "0.png")
+    write_image(tmp_path / "test" / "only_test" / "0.png")
+    with pytest.raises(UserError, match=r"missing in test/: only_train; missing in train/: only_test"):
+        data.find_splits(tmp_path)
+
+
+def test_find_splits_empty_class_folder(tmp_path):
+    make_tree(tmp_path, classes=("a", "b"))
+    (tmp_path / "test" / "c").mkdir()
+    (tmp_path / "train" / "c").mkdir()
+    (tmp_path / "train" / "c" / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match=r"train[/\\]c: no images"):
+        data.find_splits(tmp_path)
+
+
+def test_find_splits_no_class_folders(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    with pytest.raises(UserError, match=r"train: no class folders, so no images"):
+        data.find_splits(tmp_path)
+
+
+# ---- open_rgb / load_split -------------------------------------------------------------------------------------------
+
+def test_load_split_skips_non_images_and_corrupt_images(tmp_path):
+    make_tree(tmp_path, classes=("a", "b"), per_class=2)
+    (tmp_path / "train" / "a" / "readme.txt").write_text("hello")
+    (tmp_path / "train" / "a" / ".DS_Store").write_bytes(b"\0\1")
+    (tmp_path / "train" / "b" / "garbage.jpg").write_bytes(b"this is not a jpeg")
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(good, format="PNG", compress_level=0)
+    (tmp_path / "train" / "b" / "truncated.png").write_bytes(good.getvalue()[:2000])
+    decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    assert decoded.non_images == 2
+    assert len(decoded.images) == len(decoded.labels) == len(decoded.paths) == 4
+    assert sorted(Path(p).name for p, _ in decoded.skipped) == ["garbage.jpg", "truncated.png"]
+    assert all(reason and "cannot read image" in reason for _, reason in decoded.skipped)
+    assert decoded.labels == [0, 0, 1, 1]
+
+
+def test_open_rgb_names_corrupt_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(UserError, match=r"bad\.png: cannot read image"):
+        data.open_rgb(bad)
+    with pytest.raises(UserError, match=r"missing\.jpg: no such file"):
+        data.open_rgb(tmp_path / "missing.jpg")
+
+
+def test_class_with_only_corrupt_images_is_an_error(tmp_path):
+    make_tree(tmp_path, classes=("a", "b"), per_class=1)
+    (tmp_path / "train" / "b" / "0.png").write_bytes(b"junk")
+    with pytest.raises(UserError, match=r"train[/\\]b: none of its images could be decoded"):
+        data.load_split(tmp_path / "train", ["a", "b"], size=8)
+
+
+@pytest.mark.parametrize("name,mode,color,expected", [
+    ("grey.png", "L", 77, (77, 77, 77)),
+    ("rgba.png", "RGBA", (255, 0, 0, 0), (255, 255, 255)),  # fully transparent -> white
+    ("half.png", "LA", (0, 128), (127, 127, 127)),  # black at half alpha over white
+    ("cmyk.jpg", "CMYK", (0, 255, 255, 0), (255, 0, 0)),  # approx red
+    ("cmyk.tif", "CMYK", (0, 0, 0, 255), (0, 0, 0)),
+    ("wide.png", "I;16", 40000, (156, 156, 156)),  # 16-bit scaled to 8 bits, not clipped to white
+])
+def test_open_rgb_converts_modes(tmp_path, name, mode, color, expected):
+    image = data.open_rgb(write_image(tmp_path / name, mode=mode, color=color))
+    assert image.mode == "RGB" and image.size == (8, 6)
+    assert all(abs(a - b) <= 3 for a, b in zip(image.getpixel((4, 3)), expected))
+
+
+def test_open_rgb_palette_with_transparency(tmp_path):
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    image.putpixel((0, 0), 0)
+    image.save(tmp_path / "pal.png", transparency=0)
+    rgb = data.open_rgb(tmp_path / "pal.png")
+    assert rgb.mode == "RGB"
+    assert rgb.getpixel((0, 0)) == (255, 255, 255) and rgb.getpixel((1, 1)) == (10, 200, 30)
+
+
+def test_decompression_bomb_refused(tmp_path, monkeypatch):
+    path = write_image(tmp_path / "big.png", size=(64, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(UserError, match=r"big\.png: image is larger than Pillow's limit.*MAX_IMAGE_PIXELS"):
+        data.open_rgb(path)
+
+
+def test_load_split_resizes_shorter_side_keeping_aspect(tmp_path):
+    write_image(tmp_path / "a" / "wide.png", size=(40, 20))
+    write_image(tmp_path / "a" / "tall.png", size=(10, 30))
+    decoded = data.load_split(tmp_path, ["a"], size=10)
+    shapes = {Path(p).name: tuple(t.shape) for p, t in zip(decoded.paths, decoded.images)}
+    assert shapes == {"wide.png": (3, 10, 20), "tall.png": (3, 30, 10)}
+    assert all(t.dtype == torch.uint8 for t in decoded.images)
+
+
+def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
+    make_tree(tmp_path / "ds", classes=("a", "b"), per_class=2)
+    split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
+    first = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+    assert len(list(cache.glob("*.pt"))) == 1
+
+    def no_decode(path, size):
+        raise AssertionError("decoded although the cache is valid")
+
+    with monkeypatch.context() as m:
+        m.setattr(data, "decode", no_decode)
+        second = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+    assert second.labels == first.labels and second.paths == first.paths
+    assert all(torch.equal(x, y) for x, y in zip(first.images, second.images))
+
+    changed = split / "a" / "0.png"
+    write_image(changed, color=(0, 255, 0))
+    os.utime(changed, ns=(1, 1))
+    third = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+    assert third.images[0][:, 0, 0].tolist() == [0, 255, 0]
+    assert len(list(cache.glob("*.pt"))) == 2
+
+
+def test_image_dataset(tmp_path):
+    make_tree(tmp_path, classes=("a", "b"), per_class=2)
+    decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    dataset = data.ImageDataset(decoded, lambda x: x.float() / 255)
+    assert len(dataset) == 4
+    x, y = dataset[3]
+    assert y == 1 and x.dtype == torch.float32 and torch.allclose(x, decoded.images[3].float() / 255)
+
+
+# ---- transforms ------------------------------------------------------------------------------------------------------
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def test_train_transform_shape_and_dtype():
+    torch.manual_seed(0)
+    transform = data.train_transform(16, MEAN, STD)
+    image = torch.randint(0, 256, (3, 20, 27), dtype=torch.uint8)
+    outputs = [transform(image) for _ in range(4)]
+    assert all(type(x) is torch.Tensor and x.shape == (3, 16, 16) and x.dtype == torch.float32 for x in outputs)
+    assert not torch.equal(outputs[0], outputs[1])  # random
+    pil = Image.new("RGB", (30, 20), (10, 20, 30))
+    assert transform(pil).shape == (3, 16, 16)
+
+
+def test_eval_transform_deterministic_on_tensor_and_pil():
+    preprocess = {"resize_size": 18, "crop_size": 16, "mean": MEAN, "std": STD, "interpolation": "bilinear"}
+    transform = data.eval_transform(preprocess)
+    image = torch.randint(0, 256, (3, 18, 24), dtype=torch.uint8)
+    a, b = transform(image), transform(image)
+    assert type(a) is torch.Tensor and a.shape == (3, 16, 16) and a.dtype == torch.float32 and torch.equal(a, b)
+    # a uniform grey PIL image normalises to (v - mean) / std everywhere
+    out = data.eval_transform({**preprocess, "interpolation": "bicubic"})(Image.new("RGB", (40, 30), (128,) * 3))
+    expected = (128 / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
+    assert out.shape == (3, 16, 16) and torch.allclose(out.mean((1, 2)), expected, atol=1e-4)
+
+
+# ---- Mixup / CutMix --------------------------------------------------------------------------------------------------
+
+def constant_batch(batch=6, size=12):
+    """Image i is filled with the value i, label i: pixels tell which sample they came from."""
+    images = torch.arange(batch, dtype=torch.float32).view(batch, 1, 1, 1).expand(batch, 3, size, size).clone()
+    return images, torch.arange(batch)
+
+
+def test_mixup_cutmix_shapes_and_rows_sum_to_one():
+    torch.manual_seed(0)
+    mix = data.MixupCutmix(num_classes=10)
+    images, labels = constant_batch()
+    for _ in range(10):
+        mixed, targets = mix(images, labels)
+        assert mixed.shape == images.shape and targets.shape == (6, 10) and targets.dtype == torch.float32
+        assert torch.allclose(targets.sum(1), torch.ones(6)) and (targets >= 0).all()
+
+
+def test_cutmix_target_matches_pasted_area():
+    torch.manual_seed(1)
+    mix = data.MixupCutmix(num_classes=6, mixup_alpha=0.0)
+    images, labels = constant_batch()
+    for _ in range(10):
+        mixed, targets = mix(images, labels)
+        own = (mixed == images).float().mean((1, 2, 3))  # share of pixels still from the sample itself
+        assert torch.allclose(targets[labels, labels], own)
+        assert torch.allclose(targets[labels, labels.roll(1)], 1 - own)
+
+
+def test_mixup_blends_images_like_targets():
+    torch.manual_seed(2)
+    mix = data.MixupCutmix(num_classes=6, cutmix_alpha=0.0)
+    images, labels = constant_batch()
+    mixed, targets = mix(images, labels)
+    lam = targets[0, 0]
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images.roll(1, 0))
+
+
+def test_mixup_cutmix_off_gives_one_hot():
+    images, labels = constant_batch()
+    mixed, targets = data.MixupCutmix(num_classes=8, p=0.0)(images, labels)
+    assert torch.equal(mixed, images) and torch.equal(targets, torch.eye(8)[:6])
+
+
+# ---- resolve_data / download -----------------------------------------------------------------------------------------
+
+def serve(folder):
+    """Serve `folder` over HTTP on 127.0.0.1 in a thread; returns (server, base url, list of requested paths)."""
+    requests = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}", requests
+
+
+def make_zip(path, top=""):
+    """A zip with {top}train/x/0.png and {top}test/x/0.png."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    with zipfile.ZipFile(path, "w") as z:
+        for split in ("train", "test"):
+            z.writestr(f"{top}{split}/x/0.png", buffer.getvalue())
+
+
+@pytest.mark.parametrize("top", ["", "archive_root/"])
+def test_download_from_local_server_once(tmp_path, top):
+    (tmp_path / "site").mkdir()
+    make_zip(tmp_path / "site" / "ds.zip", top)
+    server, url, requests = serve(tmp_path / "site")
+    try:
+        dest = data.download(f"{url}/ds.zip", tmp_path / "data" / "ds")
+        assert dest == tmp_path / "data" / "ds"
+        assert data.find_splits(dest).classes == ["x"]
+        assert data.download(f"{url}/ds.zip", dest) == dest
+        assert len(requests) == 1  # the second call reused the folder
+        assert [p.name for p in (tmp_path / "data").iterdir()] == ["ds"]  # no temp leftovers
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_resolve_data_downloads_known_name(tmp_path, monkeypatch):
+    make_zip(tmp_path / "ds.zip")
+    monkeypatch.setitem(data.DATASETS, "tiny", (tmp_path / "ds.zip").as_uri())
+    root = data.resolve_data("tiny", data_dir=tmp_path / "data")
+    assert root == tmp_path / "data" / "tiny" and (root / "train" / "x" / "0.png").is_file()
+
+
+def test_download_offline_gives_hint(tmp_path):
+    with pytest.raises(UserError, match=r"127\.0\.0\.1:1/x\.zip: download failed.*--data /path/to/folder"):
+        data.download("http://127.0.0.1:1/x.zip", tmp_path / "data" / "x")
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_download_not_a_zip(tmp_path):
+    (tmp_path / "page.zip").write_text("<html>not found</html>")
+    with pytest.raises(UserError, match=r"not a zip archive"):
+        data.download((tmp_path / "page.zip").as_uri(), tmp_path / "data" / "x")
+
+
+def test_resolve_data_paths_and_unknown_names(tmp_path):
+    assert data.resolve_data(None) == REPO / "data" / "fashion_mnist_small"
+    assert data.resolve_data(str(tmp_path)) == tmp_path
+    with pytest.raises(UserError, match=r"no_such_set: no such folder and not a known dataset name.*pizza_steak_sushi"):
+        data.resolve_data("no_such_set")
+
+
+# ---- bundled and shared data -----------------------------------------------------------------------------------------
+
+def test_bundled_fashion_mnist_small_is_valid():
+    splits = data.find_splits(data.resolve_data(None))
+    assert splits.classes == sorted(["t-shirt_top", "trouser", "pullover", "dress", "coat",
+                                     "sandal", "shirt", "sneaker", "bag", "ankle_boot"])
+    for split_dir, count in ((splits.train_dir, 100), (splits.test_dir, 30)):
+        for name in splits.classes:
+            assert len(list((split_dir / name).glob("*.png"))) == count, split_dir / name
+    size = sum(p.stat().st_size for p in (REPO / "data" / "fashion_mnist_small").rglob("*"))
+    assert size < 2_000_000
+    decoded = data.load_split(splits.test_dir, splits.classes, size=28)
+    assert len(decoded.images) == 300 and not decoded.skipped and decoded.images[0].shape == (3, 28, 28)
+
+
+@pytest.mark.skipif(not (SHARED / "pizza_steak_sushi").is_dir(), reason="shared data not available")
+def test_shared_pizza_steak_sushi():
+    splits = data.find_splits(SHARED / "pizza_steak_sushi")
+    assert splits.classes == ["pizza", "steak", "sushi"]
+    decoded = data.load_split(splits.train_dir, splits.classes, size=32)
+    assert len(decoded.images) == 225 and not decoded.skipped
+    assert all(t.shape[0] == 3 and min(t.shape[1:]) == 32 for t in decoded.images)

@@ -1,0 +1,195 @@
+"""The model matches torchvision's exactly, loads weights safely and fails clearly."""
+import os
+import pickle
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
+
+import vit.weights
+from vit import UserError, build_model, list_models
+from vit.model import CONFIGS
+
+SMALL = dict(image_size=64, patch_size=8, num_layers=3, num_heads=4, hidden_dim=96, mlp_dim=192)
+
+
+def torchvision_model(name, num_classes=1000):
+    if name == "small":
+        return TorchvisionViT(**SMALL, num_classes=num_classes)
+    if name == "vit_s_16":  # DeiT-Small: no torchvision builder, same class
+        return TorchvisionViT(224, 16, 12, 6, 384, 1536, num_classes=num_classes)
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def randomise(model):
+    """torchvision zero-initialises the head and class token; fill every tensor so the test can fail."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.05)
+    return model
+
+
+@pytest.mark.parametrize("name", ["small", "vit_b_32", "vit_b_16"])
+def test_same_logits_as_torchvision(name, tmp_path):
+    tv = randomise(torchvision_model(name, num_classes=10)).eval()
+    path = tmp_path / "tv.pth"
+    torch.save(tv.state_dict(), path)
+    if name == "small":
+        ours = build_model("vit_b_16", num_classes=10, pretrained=path, **SMALL).eval()
+    else:
+        ours = build_model(name, num_classes=10, pretrained=path).eval()
+    size = ours.image_size
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = tv(x)
+        fast = ours(x)
+        explicit, attns = ours(x, return_attn=True)
+    assert (fast - expected).abs().max() <= 1e-4
+    assert (explicit - expected).abs().max() <= 1e-4
+    n = ours.grid_size ** 2 + 1
+    assert len(attns) == ours.config["num_layers"] and attns[0].shape == (2, ours.config["num_heads"], n, n)
+    assert torch.allclose(attns[0].sum(-1), torch.ones(()), atol=1e-5)
+
+
+def test_parameter_counts_equal_torchvision():
+    assert sum(p.numel() for p in build_model("vit_b_16").parameters()) == 86_567_656
+    for name in ("vit_b_32", "vit_s_16"):
+        ours = sum(p.numel() for p in build_model(name, num_classes=7).parameters())
+        assert ours == sum(p.numel() for p in torchvision_model(name, num_classes=7).parameters())
+    assert set(list_models()) == set(CONFIGS) >= {"vit_ti_16", "vit_s_16", "vit_h_14"}
+
+
+def test_features_and_head_are_separate():
+    model = randomise(build_model("vit_ti_16", num_classes=5, **dict(SMALL, hidden_dim=48, num_heads=3))).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert features.shape == (3, 48)
+        assert torch.allclose(model.head(features), model(x))
+
+
+def test_pretrained_true_loads_from_torch_home_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.ViT_B_16_Weights.DEFAULT
+    cache = tmp_path / "hub" / "checkpoints" / os.path.basename(weights.url)
+    cache.parent.mkdir(parents=True)
+    tv = randomise(torchvision.models.vit_b_16())
+    torch.save(tv.state_dict(), cache)
+
+    def offline(*args, **kwargs):
+        raise AssertionError("no download may be attempted when the file is cached")
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    model = build_model("vit_b_16", num_classes=3, pretrained=True)
+    ours = model.state_dict()
+    renamed = vit.weights.from_torchvision(tv.state_dict())
+    assert all(torch.equal(ours[k], v) for k, v in renamed.items() if not k.startswith("head."))
+    assert model.head.out_features == 3 and model.classes is None
+    assert model.preprocess == dict(resize_size=256, crop_size=224, mean=[0.485, 0.456, 0.406],
+                                    std=[0.229, 0.224, 0.225], interpolation="bilinear")
+    full = build_model("vit_b_16", pretrained=True)  # 1000 classes: the head and class names come along
+    assert torch.equal(full.head.weight, tv.heads.head.weight)
+    assert len(full.classes) == 1000 and full.classes[0] == "tench"
+
+
+def test_pretrained_true_offline_without_cache_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network unreachable")
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    start = time.time()
+    with pytest.raises(UserError) as err:
+        build_model("vit_b_16", pretrained=True)
+    assert time.time() - start < 10
+    expected = tmp_path / "hub" / "checkpoints" / "vit_b_16-c867db91.pth"
+    assert str(expected) in str(err.value) and "pretrained=PATH" in str(err.value)
+
+
+def test_no_torchvision_weights_for_tiny_is_a_clear_error():
+    with pytest.raises(UserError, match="no ImageNet weights for vit_ti_16"):
+        build_model("vit_ti_16", pretrained=True)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["EXPLOIT_MARKER"]),))
+
+
+def test_pickled_code_is_refused_and_never_run(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("EXPLOIT_MARKER", str(marker))
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"conv_proj.weight": Exploit()}, f)
+    torch.save({"x": Exploit()}, tmp_path / "evil_zip.pth")
+    marker.unlink(missing_ok=True)  # torch.save does not run __reduce__'s call, but be sure
+    for p in (path, tmp_path / "evil_zip.pth"):
+        with pytest.raises(UserError, match="pickled Python objects"):
+            build_model("vit_ti_16", pretrained=p)
+    assert not marker.exists()
+
+
+def test_weights_for_another_model_name_the_keys(tmp_path):
+    path = tmp_path / "small.pth"
+    torch.save(TorchvisionViT(**SMALL).state_dict(), path)
+    with pytest.raises(UserError, match="of another shape.*embed.proj.weight"):
+        build_model("vit_ti_16", pretrained=path, image_size=64, patch_size=8, num_layers=3)
+    with pytest.raises(UserError, match="missing: blocks.3"):
+        build_model("vit_b_16", pretrained=path, **dict(SMALL, num_layers=4))
+    (tmp_path / "junk.pth").write_text("not weights")
+    with pytest.raises(UserError, match="junk.pth"):
+        build_model("vit_ti_16", pretrained=tmp_path / "junk.pth")
+    with pytest.raises(UserError, match="no such file"):
+        build_model("vit_ti_16", pretrained=tmp_path / "absent.pth")
+
+
+def test_position_embeddings_follow_the_image_size(tmp_path):
+    tv = randomise(TorchvisionViT(**SMALL))
+    path = tmp_path / "small.pth"
+    torch.save(tv.state_dict(), path)
+    same = build_model("vit_b_16", pretrained=path, **SMALL)
+    assert torch.equal(same.embed.pos_embed, tv.encoder.pos_embedding)
+    bigger = build_model("vit_b_16", pretrained=path, **dict(SMALL, image_size=96)).eval()
+    assert bigger.embed.pos_embed.shape == (1, 12 * 12 + 1, 96)
+    assert torch.equal(bigger.embed.pos_embed[:, 0], tv.encoder.pos_embedding[:, 0])
+    assert bigger.preprocess["crop_size"] == 96
+    assert bigger(torch.randn(1, 3, 96, 96)).shape == (1, 1000)
+
+
+def test_vit_b_16_from_224_to_384(tmp_path):
+    path = tmp_path / "b16.pth"
+    torch.save(torchvision.models.vit_b_16().state_dict(), path)
+    model = build_model("vit_b_16", num_classes=3, image_size=384, pretrained=path).eval()
+    assert model.embed.pos_embed.shape == (1, 24 * 24 + 1, 768)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 384, 384)).shape == (1, 3)
+
+
+def test_wrong_input_is_a_clear_error():
+    model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1)
+    with pytest.raises(ValueError, match=r"expected images of shape \(batch, 3, 32, 32\), got \(1, 3, 48, 48\)"):
+        model(torch.randn(1, 3, 48, 48))
+    with pytest.raises(ValueError, match=r"got \(1, 1, 32, 32\)"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        build_model("vit_ti_16", image_size=30)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("vit_x_16")
+
+
+def test_drop_path_only_in_training():
+    model = randomise(build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=4,
+                                  drop_path=0.5))
+    x = torch.randn(8, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(2)
+    assert not torch.allclose(a, model(x))

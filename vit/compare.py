@@ -1,0 +1,85 @@
+"""Compare training runs: overlay their accuracy and loss curves and print a summary table.
+
+    python -m vit.compare results/RUN_A results/RUN_B [...] [--out results/compare.png]
+
+Each argument is a run folder (holding metrics.json, as train.py writes it) or a metrics.json path.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from vit.errors import UserError
+
+KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")  # needed per epoch record
+
+
+def load_run(arg):
+    """(run name, list of epoch records) from a run folder or its metrics.json; UserError if unusable."""
+    path = Path(arg)
+    if path.is_dir():
+        path = path / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"{path}: no such metrics file; pass a run folder written by train.py or its metrics.json")
+    try:
+        records = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); pass a metrics.json written by train.py") from None
+    if not isinstance(records, list) or not records or not all(
+            isinstance(r, dict) and all(k in r for k in KEYS) for r in records):
+        raise UserError(f"{path}: expected a non-empty list of epoch records with keys {', '.join(KEYS)}; "
+                        "pass a metrics.json written by train.py")
+    return path.parent.name, records
+
+
+def plot_runs(runs, path):
+    """Save test (solid) and train (dashed, lighter) accuracy and loss per epoch, one colour per run."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for i, (name, records) in enumerate(runs):
+        colour = f"C{i % 10}"
+        epochs = [r["epoch"] for r in records]
+        for ax, key in ((ax_acc, "acc"), (ax_loss, "loss")):
+            ax.plot(epochs, [r[f"test_{key}"] for r in records], color=colour, label=f"{name} test")
+            ax.plot(epochs, [r[f"train_{key}"] for r in records], color=colour, alpha=0.45, linestyle="--",
+                    label=f"{name} train")
+    for ax, label in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize="small")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def summary(runs):
+    """Aligned table: run, best and final test accuracy, epochs, total training time."""
+    width = max([len("run")] + [len(name) for name, _ in runs])
+    lines = [f"{'run':<{width}}  best acc  final acc  epochs  time"]
+    for name, records in runs:
+        seconds = sum(r["seconds"] for r in records)
+        lines.append(f"{name:<{width}}  {max(r['test_acc'] for r in records):8.4f}  {records[-1]['test_acc']:9.4f}  "
+                     f"{len(records):6d}  {int(seconds // 60)}m{seconds % 60:04.1f}s")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Compare training runs' metrics.json curves.")
+    parser.add_argument("runs", nargs="+", help="run folders or metrics.json files")
+    parser.add_argument("--out", default="results/compare.png", help="figure path")
+    args = parser.parse_args(argv)
+    try:
+        runs = [load_run(arg) for arg in args.runs]
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    plot_runs(runs, args.out)
+    print(summary(runs))
+    print(f"figure: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Images and datasets: find the train/test folders, decode every image once, augment, mix.
+
+A dataset is a torchvision ImageFolder tree: ROOT/train/<class>/<image> and ROOT/test/<class>/<image>
+(`val/` is accepted for `test/`). Images are decoded once into uint8 tensors (shorter side resized),
+optionally cached on disk, and augmented per sample on the fly.
+"""
+import hashlib
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
+
+from vit.errors import UserError
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # bundled data and downloads live here
+DATASETS = {  # names accepted by --data that are downloaded once into data/<name>
+    "pizza_steak_sushi": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi.zip",
+}
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+
+
+def resolve_data(arg, data_dir=DATA_DIR):
+    """Turn --data into a dataset folder: None -> the bundled set, a known name -> download once, else a path."""
+    data_dir = Path(data_dir)
+    if arg is None:
+        return data_dir / "fashion_mnist_small"
+    if arg in DATASETS:
+        return download(DATASETS[arg], data_dir / arg)
+    if not Path(arg).exists():
+        raise UserError(f"{arg}: no such folder and not a known dataset name (known: {', '.join(DATASETS)}); "
+                        "pass a folder containing train/ and test/, or one of the names")
+    return Path(arg)
+
+
+def download(url, dest):
+    """Download the zip archive at url and unpack it into dest (atomically), unless dest already exists."""
+    dest = Path(dest)
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {url} -> {dest}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
+        archive, unpacked = Path(tmp) / "archive.zip", Path(tmp) / "unpacked"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except OSError as e:  # URLError, HTTPError, timeouts, refused connections
+            raise UserError(f"{url}: download failed ({getattr(e, 'reason', e)}); check the network, or unpack the "
+                            "archive yourself and pass --data /path/to/folder (with train/ and test/)") from None
+        try:
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(unpacked)
+        except zipfile.BadZipFile:
+            raise UserError(f"{url}: the download is not a zip archive; pass --data /path/to/folder instead") from None
+        entries = list(unpacked.iterdir())
+        top = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked  # archive with one top folder
+        os.replace(top, dest)
+    return dest
+
+
+class Splits(NamedTuple):
+    train_dir: Path
+    test_dir: Path
+    classes: list
+
+
+def is_image(path):
+    """True when the file name has one of torchvision's image extensions."""
+    return path.suffix.lower() in IMG_EXTENSIONS
+
+
+def list_files(folder):
+    """All files under folder (recursively, like ImageFolder), sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file())
+
+
+def class_folders(split_dir):
+    """Class names of a split: its sub-folders, sorted like ImageFolder (hidden folders skipped)."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def find_splits(root):
+    """Check ROOT/train/<class>/* and ROOT/test/<class>/* (or val/) and return their folders and class names."""
+    root = Path(root)
+    layout = "expected ROOT/train/<class>/<images> and ROOT/test/<class>/<images>"
+    if not root.exists():
+        raise UserError(f"{root}: no such folder; pass --data with a folder containing train/ and test/")
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder; {layout}")
+    train_dir = root / "train"
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    if not train_dir.is_dir():
+        raise UserError(f"{train_dir}: missing; {layout}")
+    if not test_dir.is_dir():
+        raise UserError(f"{root / 'test'}: missing (val/ is accepted too); {layout}")
+    classes, test_classes = class_folders(train_dir), class_folders(test_dir)
+    if classes != test_classes:
+        only_train = ", ".join(sorted(set(classes) - set(test_classes))) or "none"
+        only_test = ", ".join(sorted(set(test_classes) - set(classes))) or "none"
+        raise UserError(f"{root}: train/ and test/ have different class folders (missing in {test_dir.name}/: "
+                        f"{only_train}; missing in train/: {only_test}); give both the same class folders")
+    if not classes:
+        raise UserError(f"{train_dir}: no class folders, so no images; {layout}")
+    for split_dir in (train_dir, test_dir):
+        for name in classes:
+            if not any(is_image(p) for p in list_files(split_dir / name)):
+                raise UserError(f"{split_dir / name}: no images ({' '.join(IMG_EXTENSIONS)}); "
+                                "add images or remove the class folder")
+    return Splits(train_dir, test_dir, classes)
+
+
+def to_rgb(image):
+    """Convert any Pillow mode to RGB; transparent pixels become white, 16-bit greyscale is scaled to 8 bits."""
+    if False:
+        image = image.convert("I").point(lambda v: v / 256).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or False:
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_rgb(path):
+    """Open an image file as an upright RGB PIL image; UserError naming the file when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError:
+        raise UserError(f"{path}: image is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels; resize it, "
+                        "or raise the limit (PIL.Image.MAX_IMAGE_PIXELS) if you trust the file") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; check the path") from None
+    except (OSError, SyntaxError, ValueError) as e:  # not an image, truncated, corrupt
+        raise UserError(f"{path}: cannot read image ({e}); replace or delete the file") from None
+
+
+@dataclass
+class Decoded:
+    images: list  # uint8 tensors (3, H, W), shorter side == size
+    labels: list  # class indices
+    paths: list  # file paths as str
+    skipped: list = field(default_factory=list)  # (path, reason) of images that could not be decoded
+    non_images: int = 0  # files skipped because their extension is not an image extension
+
+
+def decode(path, size):
+    """open_rgb, resize so the shorter side is `size` (aspect kept), return a uint8 tensor (3, H, W)."""
+    image = open_rgb(path)
+    w, h = image.size
+    scale = size / min(w, h)
+    if scale != 1:
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    return v2.functional.pil_to_tensor(image)
+
+
+def load_split(split_dir, classes, size, cache_dir=None):
+    """Decode every image of split_dir/<class>/ once; corrupt ones go to `skipped`, the result may be cached."""
+    split_dir = Path(split_dir)
+    files = [(label, p) for label, name in enumerate(classes) for p in list_files(split_dir / name)]
+    images = [(label, p) for label, p in files if is_image(p)]
+    cache = None
+    if cache_dir is not None:
+        stats = [(str(p.relative_to(split_dir)), p.stat().st_size, p.stat().st_mtime_ns) for _, p in files]
+        key = repr((CACHE_VERSION, str(split_dir.resolve()), list(classes), size, stats))
+        cache = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+        if cache.exists():
+            try:
+                return Decoded(**torch.load(cache, weights_only=True))
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+                pass  # unreadable cache: decode again and overwrite it
+    out = Decoded([], [], [], non_images=len(files) - len(images))
+    for label, path in images:
+        try:
+            out.images.append(decode(path, size))
+        except UserError as e:
+            out.skipped.append((str(path), str(e).removeprefix(f"{path}: ")))
+            continue
+        out.labels.append(label)
+        out.paths.append(str(path))
+    for label, name in enumerate(classes):
+        if label not in out.labels:
+            raise UserError(f"{split_dir / name}: none of its images could be decoded; "
+                            "replace them or remove the folder")
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save(vars(out), tmp)
+        os.replace(tmp, cache)
+    return out
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decoded images as a Dataset of (transform(image), label)."""
+
+    def __init__(self, decoded, transform):
+        self.decoded, self.transform = decoded, transform
+
+    def __len__(self):
+        return len(self.decoded.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.decoded.images[i]), self.decoded.labels[i]
+
+
+def train_transform(image_size, mean, std, *, scale=(0.35, 1.0), erase_p=0.25):
+    """Per-sample training augmentation of a uint8 tensor or PIL image -> normalised float tensor (3, S, S)."""
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.TrivialAugmentWide(),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+        v2.RandomErasing(p=erase_p),
+        v2.ToPureTensor(),
+    ])
+
+
+def eval_transform(preprocess):
+    """Evaluation preprocessing (resize shorter side, center crop, normalise) from a model.preprocess dict."""
+    return v2.Compose([
+        v2.Resize(preprocess["resize_size"], v2.InterpolationMode(preprocess["interpolation"]), antialias=True),
+        v2.CenterCrop(preprocess["crop_size"]),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(preprocess["mean"], preprocess["std"]),
+        v2.ToPureTensor(),
+    ])
+
+
+class MixupCutmix:
+    """Batch-level Mixup or CutMix (50/50 per batch, applied with probability p) -> (images, soft targets)."""
+
+    def __init__(self, num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, p=1.0):
+        self.num_classes, self.p = num_classes, p
+        self.alphas = [(name, a) for name, a in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)) if a > 0]
+
+    def __call__(self, images, labels):
+        targets = F.one_hot(labels, self.num_classes).to(images.dtype)
+        if not self.alphas or torch.rand(()) >= self.p:
+            return images, targets
+        name, alpha = self.alphas[torch.randint(len(self.alphas), ()).item()]
+        lam = torch.distributions.Beta(alpha, alpha).sample().item()
+        partner = images.roll(1, 0)  # pair each image with its neighbour in the batch
+        if name == "mixup":
+            images = lam * images + (1 - lam) * partner
+        else:
+            h, w = images.shape[-2:]
+            cy, cx = torch.randint(h, ()).item(), torch.randint(w, ()).item()
+            half_h, half_w = int(h * (1 - lam) ** 0.5) // 2, int(w * (1 - lam) ** 0.5) // 2
+            y0, y1, x0, x1 = max(cy - half_h, 0), min(cy + half_h, h), max(cx - half_w, 0), min(cx + half_w, w)
+            images = images.clone()
+            images[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the pasted box may be clipped at the border
+        return images, lam * targets + (1 - lam) * targets.roll(1, 0)

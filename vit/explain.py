@@ -1,0 +1,83 @@
+"""Explaining predictions: attention rollout and the per-image figures predict.py saves.
+
+Figures are drawn on a bare matplotlib Figure (no pyplot, no display needed).
+"""
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+
+@torch.no_grad()
+def attention_rollout(model, images):
+    """Attention rollout of Abnar & Zuidema, "Quantifying Attention Flow in Transformers" (ACL 2020).
+
+    Runs model(images, return_attn=True); per layer averages the heads, adds the identity for the
+    residual connection and renormalises the rows, then multiplies the layers (later @ earlier).
+    Returns the class token's row over the patch tokens as (B, grid, grid) maps, each >= 0 summing to 1.
+    """
+    _, attentions = model(images, return_attn=True)
+    rollout = None
+    for attn in attentions:
+        layer = attn.float().mean(dim=1)
+        layer = layer + torch.eye(layer.shape[-1], device=layer.device)
+        layer = layer / layer.sum(dim=-1, keepdim=True)
+        rollout = layer if rollout is None else layer @ rollout
+    patches = rollout[:, 0, 1:].clamp(min=0)
+    patches = patches / patches.sum(dim=-1, keepdim=True)
+    grid = math.isqrt(patches.shape[-1])
+    return patches.reshape(-1, grid, grid)
+
+
+def model_view(tensor, preprocess):
+    """Undo the normalisation of a (3, H, W) model input: an (H, W, 3) float tensor in [0, 1] to draw."""
+    mean = torch.tensor(preprocess["mean"]).view(3, 1, 1)
+    std = torch.tensor(preprocess["std"]).view(3, 1, 1)
+    return (tensor.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0)
+
+
+def upsample(attn_map, size):
+    """Bilinearly resize a (grid, grid) map to size=(H, W), scaled so its maximum is 1."""
+    heat = F.interpolate(attn_map[None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    return heat / heat.max().clamp(min=1e-12)
+
+
+def save_prediction_figure(image, names, probs, path):
+    """Save the image (H, W, 3) beside horizontal bars of its top-K classes (names, probs best first)."""
+    fig = Figure(figsize=(8, 3.5), layout="constrained")
+    ax_image, ax_bars = fig.subplots(1, 2, width_ratios=[1, 1.3])
+    ax_image.imshow(image)
+    ax_image.axis("off")
+    rows = range(len(names))
+    ax_bars.barh(rows, probs, color="tab:blue")
+    ax_bars.set_yticks(rows, names)
+    ax_bars.invert_yaxis()
+    ax_bars.set_xlim(0, 1)
+    ax_bars.set_xlabel("probability")
+    for row, p in zip(rows, probs):
+        ax_bars.text(min(p + 0.02, 0.85), row, f"{p:.1%}", va="center")
+    fig.suptitle(f"{names[0]} ({probs[0]:.1%})")
+    _save(fig, path)
+
+
+def save_attention_figure(image, attn_map, title, path):
+    """Save the image (H, W, 3) beside it with its attention map upsampled and overlaid."""
+    fig = Figure(figsize=(7, 3.8), layout="constrained")
+    ax_image, ax_overlay = fig.subplots(1, 2)
+    ax_image.imshow(image)
+    ax_image.set_title("model input")
+    ax_overlay.imshow(image)
+    ax_overlay.imshow(upsample(attn_map, tuple(image.shape[:2])), cmap="inferno", alpha=0.55)
+    ax_overlay.set_title("attention rollout")
+    for ax in (ax_image, ax_overlay):
+        ax.axis("off")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def _save(fig, path):
+    """Write a figure as PNG, creating the folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)

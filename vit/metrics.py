@@ -1,0 +1,35 @@
+"""Classification metrics: confusion matrix, per-class precision/recall/F1, and a printable table."""
+import torch
+
+
+def confusion_matrix(preds, labels, num_classes):
+    """Count matrix (num_classes, num_classes) of int64: row = true class, column = predicted class."""
+    preds = torch.as_tensor(preds, dtype=torch.long).flatten().cpu()
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
+    counts = torch.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def classification_report(matrix, classes):
+    """Accuracy, macro F1 and per-class precision/recall/F1/support from a confusion matrix (0 where undefined)."""
+    matrix = torch.as_tensor(matrix, dtype=torch.float64)
+    correct = matrix.diag()
+    predicted, support = matrix.sum(0), matrix.sum(1)
+    precision = correct / predicted.clamp(min=1)
+    recall = correct / support.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    rows = [{"class": name, "precision": p, "recall": r, "f1": f, "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())]
+    return {"accuracy": correct.sum().item() / max(matrix.sum().item(), 1),
+            "macro_f1": f1.mean().item(), "total": int(matrix.sum().item()), "classes": rows}
+
+
+def format_report(report):
+    """The report as an aligned text table, one row per class, then accuracy and macro F1."""
+    width = max([len("class")] + [len(row["class"]) for row in report["classes"]])
+    lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+    for row in report["classes"]:
+        lines.append(f"{row['class']:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
+                     f"{row['f1']:5.3f}  {row['support']:7d}")
+    lines.append(f"accuracy {report['accuracy']:.4f} on {report['total']} images, macro F1 {report['macro_f1']:.4f}")
+    return "\n".join(lines)

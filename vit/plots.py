@@ -1,0 +1,43 @@
+"""Training figures saved as PNG files: loss/accuracy curves and a confusion matrix (no display needed)."""
+from pathlib import Path
+
+from matplotlib.figure import Figure  # the object API draws with Agg; pyplot and a display are never touched
+
+
+def _save(fig, path):
+    """Write the figure to path, creating its folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_curves(metrics, path):
+    """Loss and accuracy per epoch, train vs test, from metrics.json records."""
+    epochs = [m["epoch"] for m in metrics]
+    fig = Figure(figsize=(10, 4))
+    for ax, key in zip(fig.subplots(1, 2), ("loss", "acc")):
+        for split in ("train", "test"):
+            ax.plot(epochs, [m[f"{split}_{key}"] for m in metrics], marker="o", markersize=3, label=split)
+        ax.set(xlabel="epoch", ylabel="accuracy" if key == "acc" else "loss", title=key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_confusion(matrix, classes, path):
+    """Confusion matrix (rows: true class, columns: predicted class) with the counts written in the cells."""
+    matrix = [[int(v) for v in row] for row in matrix]
+    n = len(classes)
+    size = max(4.0, 0.5 * n + 2)
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (test)")
+    top = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, count, ha="center", va="center", fontsize=8,
+                    color="white" if count > top / 2 else "black")
+    _save(fig, path)

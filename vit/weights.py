@@ -1,0 +1,156 @@
+"""Pretrained weights: torchvision's ImageNet weights (through its weights API) or a local file.
+
+torchvision's parameter names are mapped onto ours once, here; position embeddings are
+interpolated when the image size changes (the paper's Section 3.2, fine-tuning at higher resolution).
+"""
+import math
+import os
+import pickle
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from vit.errors import UserError
+
+CHECKPOINT_FORMAT = "vit-checkpoint-1"
+
+# torchvision's VisionTransformer names -> ours (see vit/model.py)
+_TORCHVISION_NAMES = [
+    (r"^class_token$", "embed.cls_token"),
+    (r"^conv_proj\.", "embed.proj."),
+    (r"^encoder\.pos_embedding$", "embed.pos_embed"),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.head\.", "head."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."),
+    (r"\.ln_1\.", ".norm1."),
+    (r"\.ln_2\.", ".norm2."),
+    (r"\.self_attention\.in_proj_(weight|bias)$", r".attn.qkv.\1"),
+    (r"\.self_attention\.out_proj\.", ".attn.proj."),
+    (r"\.mlp\.(0|linear_1)\.", ".mlp.fc1."),  # linear_1/linear_2: torchvision's older files
+    (r"\.mlp\.(3|linear_2)\.", ".mlp.fc2."),
+]
+
+
+@dataclass
+class Pretrained:
+    """A state dict in our names, and what it knows about its preprocessing and classes."""
+    state_dict: dict
+    source: str  # a path or torchvision's weights name, for messages
+    preprocess: dict = None
+    classes: list = None
+
+    @property
+    def image_size(self):
+        patch = self.state_dict["embed.proj.weight"].shape[-1]
+        return patch * math.isqrt(self.state_dict["embed.pos_embed"].shape[1] - 1)
+
+
+def safe_load(path):
+    """torch.load with weights_only=True: tensors and plain containers only, nothing is executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: not a plain weights file (it holds pickled Python objects, which are never "
+                        "unpickled here); save model.state_dict() or a checkpoint of train.py instead") from None
+    except Exception as e:
+        raise UserError(f"{path}: cannot be read as a PyTorch file ({e.__class__.__name__}); "
+                        "is it a weights file?") from None
+
+
+def from_torchvision(state_dict):
+    """Rename a torchvision VisionTransformer state dict to this project's parameter names."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in _TORCHVISION_NAMES:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    return renamed
+
+
+def find_pretrained(name, pretrained):
+    """pretrained=True: torchvision's default weights for `name`; otherwise a path to a local file."""
+    if pretrained is True:
+        return _torchvision_weights(name)
+    obj = safe_load(pretrained)
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:  # one of train.py's checkpoints
+        return Pretrained(obj["state_dict"], str(pretrained), obj.get("preprocess"), obj.get("classes"))
+    if isinstance(obj, dict) and "conv_proj.weight" in obj:
+        return Pretrained(from_torchvision(obj), str(pretrained))
+    if isinstance(obj, dict) and "embed.proj.weight" in obj:
+        return Pretrained(obj, str(pretrained))
+    raise UserError(f"{pretrained}: not a ViT state dict (neither torchvision's nor this project's); "
+                    "pass a torchvision VisionTransformer state_dict or a checkpoint written by train.py")
+
+
+def _torchvision_weights(name):
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except ValueError:
+        raise UserError(f"torchvision publishes no ImageNet weights for {name}; use pretrained=PATH "
+                        "with a weights file, or one of vit_b_16, vit_b_32, vit_l_16, vit_l_32, vit_h_14") from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if cached.is_file():
+        state_dict = safe_load(cached)
+    else:  # torchvision's own download: progress bar, hash check, cache file
+        timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)
+        try:
+            state_dict = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+        except Exception as e:
+            raise UserError(
+                f"could not download {name} weights from {weights.url} ({e.__class__.__name__}: {e}); without a "
+                f"network, place that file at {cached} or pass pretrained=PATH (--pretrained PATH)") from None
+        finally:
+            socket.setdefaulttimeout(timeout)
+    t = weights.transforms()
+    preprocess = dict(resize_size=t.resize_size[0], crop_size=t.crop_size[0], mean=list(t.mean), std=list(t.std),
+                      interpolation=t.interpolation.value)
+    return Pretrained(from_torchvision(state_dict), f"torchvision {weights}", preprocess,
+                      list(weights.meta["categories"]))
+
+
+def interpolate_pos_embed(pos_embed, grid_size):
+    """Resize (1, 1 + g*g, D) position embeddings to a new patch grid; the class token's is kept aside."""
+    old = math.isqrt(pos_embed.shape[1] - 1)
+    if old == grid_size:
+        return pos_embed
+    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(grid_size, grid_size), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, -1).to(pos_embed.dtype)
+    return torch.cat([cls, grid], dim=1)
+
+
+def load_pretrained(model, pretrained):
+    """Copy weights into `model`: strict, except a head of another size is left freshly initialised."""
+    state = dict(pretrained.state_dict)
+    own = model.state_dict()
+    if "embed.pos_embed" in state and state["embed.pos_embed"].shape[-1] == own["embed.pos_embed"].shape[-1]:
+        state["embed.pos_embed"] = interpolate_pos_embed(state["embed.pos_embed"], model.grid_size)
+    new_head = "head.weight" in state and state["head.weight"].shape != own["head.weight"].shape
+    if new_head:
+        del state["head.weight"], state["head.bias"]
+    missing = [k for k in own if k not in state and not (new_head and k.startswith("head."))]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    for problem, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
+        if keys:
+            raise UserError(f"{pretrained.source}: weights do not fit {model.name or 'this model'} "
+                            f"({len(keys)} {problem}: {', '.join(keys[:5])}); build the model these weights are for")
+    model.load_state_dict(state, strict=not new_head)
+    if pretrained.preprocess:
+        p = pretrained.preprocess
+        scale = model.image_size / p["crop_size"]
+        model.preprocess = dict(p, crop_size=model.image_size, resize_size=round(p["resize_size"] * scale))
+    if not new_head and pretrained.classes:
+        model.classes = list(pretrained.classes)
+    return model
