@@ -153,15 +153,17 @@ def evaluate(model, root, device, batch_size, out_dir, failures):
         raise UserError(f"{root}: no such folder; pass ROOT/<class>/<images> or a root holding test/")
     folders = class_folders(split)
     unknown = [f for f in folders if f not in model.classes]
-    if not folders or unknown:
-        raise UserError(f"{split}: class folders {unknown or 'missing'} are not the model's classes "
+    if not folders:
+        raise UserError(f"{split}: no class folders; pass ROOT/<class>/<images> or a root holding test/")
+    if unknown:
+        raise UserError(f"{split}: class folder(s) {', '.join(unknown)} are not among the model's classes "
                         f"({', '.join(model.classes[:10])}); pass a folder with one sub-folder per class")
     decoded = load_split(split, folders, model.preprocess["resize_size"])
     for path, reason in decoded.skipped:
         failures.append(f"{path}: {reason}")
         print(f"error: {path}: {reason}", file=sys.stderr)
     transform, preds = eval_transform(model.preprocess), []
-    for start in tqdm(range(0, len(decoded.images), batch_size), desc="evaluate", file=sys.stderr):
+    for start in tqdm(range(0, len(decoded.images), batch_size), desc="evaluate", unit="batch", file=sys.stderr):
         tensors = [transform(image) for image in decoded.images[start:start + batch_size]]
         preds += probabilities(model, tensors, device).argmax(dim=-1).tolist()
     labels = [model.classes.index(folders[label]) for label in decoded.labels]
@@ -204,8 +206,6 @@ def run(args):
         print(f"saved {len(rows)} predictions to {out_dir / 'predictions.csv'}", file=sys.stderr)
     if args.evaluate:
         evaluate(model, args.evaluate, device, args.batch_size, out_dir, failures)
-    if failures:
-        print(f"error: {len(failures)} input(s) failed (see above)", file=sys.stderr)
     return 2 if failures else 0
 
 

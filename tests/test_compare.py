@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from vit import compare
+
 REPO = Path(__file__).parents[1]
 
 
@@ -17,7 +19,7 @@ def write_metrics(folder, test_accs, seconds):
     (folder / "metrics.json").write_text(json.dumps(records))
 
 
-def compare(*args):
+def run_compare(*args):
     """Run python -m vit.compare as a user would."""
     return subprocess.run([sys.executable, "-m", "vit.compare", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
@@ -27,7 +29,7 @@ def test_compare_writes_figure_and_table(tmp_path):
     write_metrics(tmp_path / "run_a", [0.5, 0.7, 0.6], seconds=30.0)
     write_metrics(tmp_path / "run_b", [0.4, 0.8], seconds=90.5)
     out = tmp_path / "figs" / "compare.png"
-    result = compare(tmp_path / "run_a", tmp_path / "run_b" / "metrics.json", "--out", out)
+    result = run_compare(tmp_path / "run_a", tmp_path / "run_b" / "metrics.json", "--out", out)
     assert result.returncode == 0, result.stderr
     with Image.open(out) as image:
         assert image.width > 500 and image.height > 200
@@ -36,16 +38,15 @@ def test_compare_writes_figure_and_table(tmp_path):
     assert rows["run_b"][1:5] == ["0.8000", "0.8000", "2", "3m01.0s"]
 
 
-def test_compare_bad_metrics(tmp_path):
+def test_compare_bad_metrics(tmp_path, capsys):
     write_metrics(tmp_path / "good", [0.5], seconds=1.0)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.json").write_text("[{")
     (tmp_path / "wrong").mkdir()
     (tmp_path / "wrong" / "metrics.json").write_text(json.dumps({"epoch": 1}))
     for bad in ("missing", "broken", "wrong"):
-        result = compare(tmp_path / "good", tmp_path / bad, "--out", tmp_path / "c.png")
-        assert result.returncode == 2
-        assert "Traceback" not in result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and str(tmp_path / bad) in lines[0]
+        assert compare.main([str(tmp_path / "good"), str(tmp_path / bad), "--out", str(tmp_path / "c.png")]) == 2
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert out == "" and len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / bad}"), lines
     assert not (tmp_path / "c.png").exists()

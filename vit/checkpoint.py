@@ -36,9 +36,12 @@ def load_checkpoint(path):
 
 def model_from_checkpoint(ckpt):
     """Rebuild the model from the checkpoint's configuration and load its weights strictly."""
-    model = VisionTransformer(**ckpt["model"]["config"])
     try:
+        model = VisionTransformer(**ckpt["model"]["config"])
         model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{ckpt.get('path', 'checkpoint')}: incomplete or invalid model description ({e!r}); "
+                        "the file is damaged or was edited") from None
     except RuntimeError as e:
         first = str(e).strip().splitlines()[1].strip() if "\n" in str(e) else str(e)
         raise UserError(f"{ckpt.get('path', 'checkpoint')}: its weights do not match its model configuration "

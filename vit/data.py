@@ -123,9 +123,9 @@ def find_splits(root):
 
 def to_rgb(image):
     """Convert any Pillow mode to RGB; transparent pixels become white, 16-bit greyscale is scaled to 8 bits."""
-    if False:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         image = image.convert("I").point(lambda v: v / 256).convert("L")
-    if image.mode in ("RGBA", "LA", "PA") or False:
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
     return image.convert("RGB")

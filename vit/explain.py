@@ -32,16 +32,16 @@ def attention_rollout(model, images):
 
 
 def model_view(tensor, preprocess):
-    """Undo the normalisation of a (3, H, W) model input: an (H, W, 3) float tensor in [0, 1] to draw."""
+    """Undo the normalisation of a (3, H, W) model input: an (H, W, 3) float array in [0, 1] to draw."""
     mean = torch.tensor(preprocess["mean"]).view(3, 1, 1)
     std = torch.tensor(preprocess["std"]).view(3, 1, 1)
-    return (tensor.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0)
+    return (tensor.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def upsample(attn_map, size):
     """Bilinearly resize a (grid, grid) map to size=(H, W), scaled so its maximum is 1."""
     heat = F.interpolate(attn_map[None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    return heat / heat.max().clamp(min=1e-12)
+    return (heat / heat.max().clamp(min=1e-12)).numpy()
 
 
 def save_prediction_figure(image, names, probs, path):
@@ -56,8 +56,10 @@ def save_prediction_figure(image, names, probs, path):
     ax_bars.invert_yaxis()
     ax_bars.set_xlim(0, 1)
     ax_bars.set_xlabel("probability")
-    for row, p in zip(rows, probs):
-        ax_bars.text(min(p + 0.02, 0.85), row, f"{p:.1%}", va="center")
+    for row, p in zip(rows, probs):  # the label right of its bar, or inside it in white when the bar is long
+        inside = p > 0.8
+        ax_bars.text(p - 0.02 if inside else p + 0.02, row, f"{p:.1%}", va="center",
+                     ha="right" if inside else "left", color="white" if inside else "black")
     fig.suptitle(f"{names[0]} ({probs[0]:.1%})")
     _save(fig, path)
 

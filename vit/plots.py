@@ -14,10 +14,10 @@ def plot_curves(metrics, path):
     """Loss and accuracy per epoch, train vs test, from metrics.json records."""
     epochs = [m["epoch"] for m in metrics]
     fig = Figure(figsize=(10, 4))
-    for ax, key in zip(fig.subplots(1, 2), ("loss", "acc")):
+    for ax, key, title in zip(fig.subplots(1, 2), ("loss", "acc"), ("loss", "accuracy")):
         for split in ("train", "test"):
             ax.plot(epochs, [m[f"{split}_{key}"] for m in metrics], marker="o", markersize=3, label=split)
-        ax.set(xlabel="epoch", ylabel="accuracy" if key == "acc" else "loss", title=key)
+        ax.set(xlabel="epoch", ylabel=title, title=title)
         ax.grid(alpha=0.3)
         ax.legend()
     _save(fig, path)

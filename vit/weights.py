@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def safe_load(path):
     if not path.is_file():
         raise UserError(f"{path}: no such file; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"{path}: not a plain weights file (it holds pickled Python objects, which are never "
                         "unpickled here); save model.state_dict() or a checkpoint of train.py instead") from None

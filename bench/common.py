@@ -1,0 +1,48 @@
+"""Shared by the benchmarks: the models to compare, FLOP counts and a timer."""
+import time
+
+import torch
+import torchvision
+
+from vit import build_model
+from vit.model import CONFIGS
+
+TIMM_NAMES = {"vit_ti_16": "vit_tiny_patch16_224", "vit_s_16": "vit_small_patch16_224",
+              "vit_b_16": "vit_base_patch16_224", "vit_b_32": "vit_base_patch32_224"}
+
+
+def make(impl, name, image_size=224, **overrides):
+    """Our model, torchvision's VisionTransformer or timm's, all with the same configuration."""
+    if impl == "ours":
+        return build_model(name, image_size=image_size, **overrides)
+    patch, layers, heads, hidden, mlp = CONFIGS[name]
+    cfg = dict(patch_size=patch, num_layers=layers, num_heads=heads, hidden_dim=hidden, mlp_dim=mlp)
+    cfg.update(overrides)
+    if impl == "torchvision":
+        return torchvision.models.vision_transformer.VisionTransformer(image_size=image_size, **cfg)
+    if impl == "timm":
+        import timm
+        assert not overrides, "timm is compared on the named sizes only"
+        return timm.create_model(TIMM_NAMES[name], img_size=image_size, num_classes=1000)
+    raise ValueError(impl)
+
+
+def forward_flops(config):
+    """FLOPs of one image's forward pass (2 per multiply-add): patch projection, attention, MLP, head."""
+    d, m, p = config["hidden_dim"], config["mlp_dim"], config["patch_size"]
+    n = (config["image_size"] // p) ** 2 + 1
+    per_layer = 4 * n * d * d + 2 * n * n * d + 2 * n * d * m  # qkv + proj, q k^T and a v, two MLP layers
+    macs = (n - 1) * 3 * p * p * d + config["num_layers"] * per_layer + d * config["num_classes"]
+    return 2 * macs
+
+
+def timed(fn, steps, warmup, sync=lambda: None):
+    """Seconds per call of fn, after warm-up calls (synchronised where the device is asynchronous)."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / steps

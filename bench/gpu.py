@@ -1,0 +1,87 @@
+"""GPU throughput of our ViT against torchvision's and timm's, model alone, in one run.
+
+    python bench/gpu.py [--models vit_b_16 vit_ti_16] [--batch 128] [--compile]
+
+Random GPU-resident batches, bf16 autocast, fused AdamW, 224 px. Prints one markdown table:
+training and inference images/s, peak training memory, and model-FLOP utilisation (MFU) of the
+training step against a bf16 peak given by --peak-tflops (790 measured on the H200 here).
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import forward_flops, make, timed  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--models", nargs="+", default=["vit_b_16", "vit_ti_16"])
+parser.add_argument("--impls", nargs="+", default=["ours", "torchvision", "timm"])
+parser.add_argument("--batch", type=int, default=128)
+parser.add_argument("--steps", type=int, default=20)  # timed steps per case
+parser.add_argument("--warmup", type=int, default=5)
+parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to start)")
+parser.add_argument("--peak-tflops", type=float, default=790.0)
+parser.add_argument("--json", help="also write the rows to this file")
+parser.add_argument("--device", default="cuda", help="cpu only to smoke-test this script")
+args = parser.parse_args()
+
+device = torch.device(args.device)
+sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+
+
+def bench(impl, name, compiled):
+    model = make(impl, name).to(device)
+    flops = forward_flops(make("ours", name).config)
+    step_model = torch.compile(model) if compiled else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randn(args.batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 1000, (args.batch,), device=device)
+
+    def train_step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = F.cross_entropy(step_model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def infer_step():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            step_model(x)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model.train()
+    t_train = timed(train_step, args.steps, args.warmup, sync)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    model.eval()
+    t_infer = timed(infer_step, args.steps, args.warmup, sync)
+    train_ips, infer_ips = args.batch / t_train, args.batch / t_infer
+    return dict(model=name, impl=impl, mode="compiled" if compiled else "eager",
+                train_img_s=round(train_ips), infer_img_s=round(infer_ips), peak_gib=round(peak, 2),
+                train_mfu=round(train_ips * 3 * flops / (args.peak_tflops * 1e12), 3))
+
+
+rows = []
+print(f"# {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, batch {args.batch}, bf16 autocast", flush=True)
+print("| model | impl | mode | train img/s | inference img/s | peak train GiB | train MFU |")
+print("|---|---|---|---|---|---|---|", flush=True)
+for name in args.models:
+    for compiled in ([False, True] if args.compile else [False]):
+        for impl in args.impls:
+            try:
+                row = bench(impl, name, compiled)
+            except Exception as e:  # e.g. timm not installed: report and go on
+                print(f"| {name} | {impl} | {'compiled' if compiled else 'eager'} | failed: {e!r:.80} |||", flush=True)
+                continue
+            rows.append(row)
+            print("| {model} | {impl} | {mode} | {train_img_s:,} | {infer_img_s:,} | {peak_gib} | {train_mfu:.0%} |"
+                  .format(**row), flush=True)
+if args.json:
+    with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every GPU figure of the README, in one call of a lent GPU machine (about 8 minutes on an H200):
+#   bash bench/gpu_session.sh PHOTOS OUT
+# PHOTOS holds pizza_steak_sushi/ and pizza_steak_sushi_20_percent/; OUT receives the tables.
+set -u
+PHOTOS=$1 OUT=$2
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
+  date -u; } > "$OUT/machine.txt" 2>&1
+
+# 1. from-scratch recipes on both photo sets, all at once (small models leave the GPU mostly idle)
+timeout 210 python3 bench/sweep.py --data "$PHOTOS/pizza_steak_sushi" "$PHOTOS/pizza_steak_sushi_20_percent" \
+  --out /tmp/sweep --parallel 14 --workers 1 > "$OUT/sweep.log" 2>&1
+pkill -f train.py; sleep 2
+python3 bench/sweep.py --out /tmp/sweep --table > "$OUT/sweep.md" 2>&1
+tar czf "$OUT/sweep.tgz" -C /tmp/sweep results $(cd /tmp/sweep && ls *.log)
+
+# 2. the model alone: ours, torchvision's and timm's, eager and compiled
+timeout 170 python3 bench/gpu.py --compile --json "$OUT/gpu.json" > "$OUT/gpu.md" 2>&1
+
+# 3. end to end: train.py on 4,500 JPEGs (the 20 percent set's training photos, 10 copies), ViT-B/16 and ViT-Ti/16
+mkdir -p /tmp/e2e/train /tmp/e2e/test
+for c in pizza steak sushi; do
+  mkdir -p /tmp/e2e/train/$c /tmp/e2e/test/$c
+  for i in 0 1 2 3 4 5 6 7 8 9; do
+    for f in "$PHOTOS"/pizza_steak_sushi_20_percent/train/$c/*.jpg; do cp "$f" /tmp/e2e/train/$c/${i}_$(basename "$f"); done
+  done
+  cp "$PHOTOS"/pizza_steak_sushi_20_percent/test/$c/*.jpg /tmp/e2e/test/$c/
+done
+for m in vit_b_16 vit_ti_16; do
+  timeout 100 python3 train.py --data /tmp/e2e --model $m --image-size 224 --patch-size 16 --num-layers 12 --epochs 3 \
+    --batch-size 128 --out-dir /tmp/e2e-out --name e2e-$m --cache-dir /tmp/e2e-cache > "$OUT/e2e-$m.log" 2>&1
+done
+python3 - "$OUT" <<'PY' > "$OUT/e2e.md"
+import json, sys
+for m in ("vit_b_16", "vit_ti_16"):
+    try:
+        rows = json.load(open(f"/tmp/e2e-out/results/e2e-{m}/metrics.json"))
+    except OSError:
+        print(f"| {m} | no metrics |"); continue
+    for r in rows:
+        print(f"| {m} | epoch {r['epoch']} | {r['seconds']:.2f} s | {(4500 + 150) / r['seconds']:.0f} img/s (train + test) |")
+PY

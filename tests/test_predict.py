@@ -1,0 +1,292 @@
+"""predict.py end to end on a tiny checkpoint, attention rollout, and the classification metrics."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import predict as predict_script
+from vit import build_model
+from vit.checkpoint import save_checkpoint
+from vit.data import decode, eval_transform
+from vit.explain import attention_rollout
+from vit.metrics import classification_report, confusion_matrix
+
+REPO = Path(__file__).parents[1]
+CLASSES = ["cat", "dog", "fish"]
+
+
+def tiny_model(num_layers=2):
+    """A 2-layer ViT-Ti on 32x32 images (4x4 patches of 8 pixels) with a random head, so classes differ."""
+    torch.manual_seed(0)
+    model = build_model("vit_ti_16", num_classes=len(CLASSES), image_size=32, patch_size=8, num_layers=num_layers)
+    torch.nn.init.normal_(model.head.weight, std=2.0)  # the head starts at zero: every class would tie
+    return model.eval()
+
+
+def checkpoint(model):
+    """A checkpoint dict as train.py writes it."""
+    return {"format": "vit-checkpoint-1", "model": {"name": model.name, "config": model.config},
+            "state_dict": model.state_dict(), "classes": CLASSES, "preprocess": model.preprocess, "epoch": 1,
+            "optimizer": {}, "scheduler": {}, "scaler": None, "metrics": [], "best_acc": 0.0, "args": {},
+            "git_commit": None}
+
+
+def write_image(path, seed, size=(40, 30), mode="RGB"):
+    """A random image file (format from the suffix)."""
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).convert(mode).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """(checkpoint path, the model it holds)."""
+    model = tiny_model()
+    path = tmp_path_factory.mktemp("models") / "tiny.pt"
+    save_checkpoint(checkpoint(model), path)
+    return path, model
+
+
+def direct_probs(model, path):
+    """The model called by hand on the image preprocessed as its checkpoint says."""
+    x = eval_transform(model.preprocess)(decode(path, model.preprocess["resize_size"]))
+    with torch.no_grad():
+        return model(x[None]).softmax(-1)[0]
+
+
+def predict(*args, device="cpu"):
+    """Run predict.py as a user would (on the CPU, where direct_probs computes the expected numbers)."""
+    return subprocess.run([sys.executable, "predict.py", *map(str, args), "--device", device], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def predict_here(capsys, *args, device="cpu"):
+    """predict.main in this process (no start-up cost), captured like predict()."""
+    returncode = predict_script.main([str(a) for a in args] + ["--device", device])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, returncode, out, err)
+
+
+def assert_clean_failure(result):
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_folder_json_matches_model_with_figures_csv_and_attention(ckpt, tmp_path):
+    path, model = ckpt
+    images = [write_image(tmp_path / "photos" / f"img{i}.png", i, size=(40 + 8 * i, 30)) for i in range(2)]
+    images.append(write_image(tmp_path / "photos" / "sub" / "grey.jpg", 9, mode="L"))
+    out = tmp_path / "out"
+    result = predict("--model", path, tmp_path / "photos", "--json", "--topk", "5", "--explain", "--save", out)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(line["image"] for line in lines) == sorted(map(str, images))
+    for line in lines:
+        assert line["model"] == str(path)
+        names = [p["class"] for p in line["predictions"]]
+        probs = torch.tensor([p["probability"] for p in line["predictions"]])
+        assert sorted(names) == CLASSES  # --topk 5 is capped at the 3 classes
+        assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
+        assert probs.tolist() == sorted(probs.tolist(), reverse=True)
+        expected = direct_probs(model, Path(line["image"]))
+        assert names[0] == CLASSES[expected.argmax()]
+        assert probs.tolist() == pytest.approx([expected[CLASSES.index(n)].item() for n in names], abs=1e-5)
+    for image in images:
+        for figure in (out / f"{image.stem}.png", out / f"{image.stem}_attention.png"):
+            with Image.open(figure) as f:
+                assert f.format == "PNG" and f.width > 300
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["image"] for r in rows) == sorted(map(str, images))
+    by_image = {line["image"]: line["predictions"][0] for line in lines}
+    for row in rows:
+        assert row["class_1"] == by_image[row["image"]]["class"]
+        assert float(row["probability_1"]) == pytest.approx(by_image[row["image"]]["probability"], abs=1e-5)
+
+
+def test_single_image_table_and_save_path(ckpt, tmp_path, capsys):
+    path, model = ckpt
+    image = write_image(tmp_path / "one.jpg", 3)
+    figure = tmp_path / "figs" / "mine.png"
+    result = predict_here(capsys, "--model", path, "--img_path", image, "--topk", "2", "--save", figure)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(image) and len(lines) == 3  # the image, then its top 2
+    best = CLASSES[direct_probs(model, image).argmax()]
+    assert lines[1].split()[0] == best
+    assert figure.is_file() and not (tmp_path / "figs" / "predictions.csv").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_predictions_and_rollout_match_the_cpu(ckpt, tmp_path, capsys):
+    path, model = ckpt
+    images = [write_image(tmp_path / "photos" / f"{i}.png", i) for i in range(3)]
+    result = predict_here(capsys, "--model", path, tmp_path / "photos", "--json", "--explain",
+                          "--save", tmp_path / "out", device="cuda")
+    assert result.returncode == 0, result.stderr
+    for line in map(json.loads, result.stdout.splitlines()):
+        expected = direct_probs(model, Path(line["image"]))
+        assert line["predictions"][0]["class"] == CLASSES[expected.argmax()]
+        assert line["predictions"][0]["probability"] == pytest.approx(expected.max().item(), abs=1e-2)
+    assert all((tmp_path / "out" / f"{i.stem}_attention.png").is_file() for i in images)
+    x = torch.randn(2, 3, 32, 32)
+    on_gpu = attention_rollout(tiny_model().cuda(), x.cuda()).cpu()
+    assert on_gpu == pytest.approx(attention_rollout(tiny_model(), x), abs=1e-4)
+
+
+def test_bad_images_are_reported_and_the_others_predicted(ckpt, tmp_path):
+    path, _ = ckpt
+    good = [write_image(tmp_path / f"good{i}.png", i) for i in range(2)]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(good[0].read_bytes()[:60])  # a truncated file
+    missing = tmp_path / "missing.png"
+    out = tmp_path / "out"
+    result = predict("--model", path, good[0], missing, notes, corrupt, good[1], tmp_path / "nothing*.png",
+                     "--save", out)
+    assert_clean_failure(result)
+    errors = result.stderr.strip().splitlines()
+    for bad in (missing, notes, corrupt, tmp_path / "nothing*.png"):
+        assert sum(line.startswith(f"error: {bad}: ") for line in errors) == 1, (bad, errors)
+    assert [line for line in result.stdout.splitlines() if not line.startswith(" ")] == list(map(str, good))
+    with open(out / "predictions.csv") as f:
+        assert [row["image"] for row in csv.DictReader(f)] == list(map(str, good))
+
+
+def test_pretrained_uses_the_models_classes_and_preprocessing(tmp_path, capsys, monkeypatch):
+    model = tiny_model()  # stands in for torchvision's ImageNet ViT-B/16, which cannot be downloaded here
+    model.classes = ["tench", "goldfish", "shark"]
+    model.preprocess = dict(model.preprocess, resize_size=48, mean=[0.5] * 3, std=[0.5] * 3)
+    built = []
+    monkeypatch.setattr(predict_script, "build_model", lambda *a, **k: built.append((a, k)) or model)
+    image = write_image(tmp_path / "fish.png", 5, size=(64, 50))
+    result = predict_here(capsys, "--pretrained", image, "--json", "--save", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert built == [(("vit_b_16",), {"pretrained": True})]
+    line = json.loads(result.stdout)
+    expected = direct_probs(model, image)
+    assert [p["class"] for p in line["predictions"]] == [model.classes[i] for i in expected.argsort(descending=True)]
+    assert line["predictions"][0]["probability"] == pytest.approx(expected.max().item(), abs=1e-5)
+
+
+class Trap:
+    """Unpickling this would create a file: a checkpoint must never be unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)
+
+
+def test_bad_checkpoints_give_one_line_and_status_2(ckpt, tmp_path, capsys):
+    path, model = ckpt
+    image = write_image(tmp_path / "x.png", 0)
+    marker = tmp_path / "unpickled"
+    torch.save({"format": "vit-checkpoint-1", "trap": Trap(marker)}, tmp_path / "pickled.pt")
+    torch.save(model, tmp_path / "module.pt")  # a whole pickled nn.Module
+    torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "foreign.pt")
+    mismatch = checkpoint(model)
+    mismatch["model"] = {"name": None, "config": dict(model.config, num_layers=3)}
+    torch.save(mismatch, tmp_path / "mismatch.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    for bad in ("pickled.pt", "module.pt", "foreign.pt", "mismatch.pt", "text.pt", "absent.pt"):
+        run = predict if bad == "pickled.pt" else lambda *a: predict_here(capsys, *a)  # one as a user would
+        result = run("--model", tmp_path / bad, image, "--save", tmp_path / "out")
+        assert_clean_failure(result)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / bad}: "), lines
+        assert result.stdout == ""
+    assert not marker.exists()
+
+
+def test_evaluate_matches_hand_count(ckpt, tmp_path, capsys):
+    path, model = ckpt
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for label, name in enumerate(CLASSES):
+        for i in range(3 + label):
+            image = write_image(tmp_path / "data" / "test" / name / f"{i}.png", 10 * label + i, size=(36 + i, 44))
+            expected[label, direct_probs(model, image).argmax()] += 1
+    out = tmp_path / "out"
+    result = predict_here(capsys, "--model", path, "--evaluate", tmp_path / "data", "--save", out)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["confusion_matrix"] == expected.tolist()
+    assert saved["accuracy"] == pytest.approx(expected.diag().sum().item() / 12)
+    assert f"accuracy {saved['accuracy']:.4f} on 12 images" in result.stdout
+    for row, name in zip(saved["classes"], CLASSES):
+        i = CLASSES.index(name)
+        assert row["class"] == name and row["support"] == 3 + i
+        assert row["recall"] == pytest.approx(expected[i, i].item() / (3 + i))
+    with Image.open(out / "confusion_matrix.png") as f:
+        assert f.format == "PNG"
+
+
+def test_evaluate_reports_bad_folders_and_images(ckpt, tmp_path, capsys):
+    path, _ = ckpt
+    for name in ("cat", "bird"):
+        write_image(tmp_path / "unknown" / name / "0.png", 0)
+    result = predict_here(capsys, "--model", path, "--evaluate", tmp_path / "unknown", "--save", tmp_path / "out")
+    assert_clean_failure(result)
+    assert result.stderr.strip() == (f"error: {tmp_path / 'unknown'}: class folder(s) bird are not among the "
+                                     "model's classes (cat, dog, fish); pass a folder with one sub-folder per class")
+    for name in ("cat", "dog"):
+        write_image(tmp_path / "data" / "val" / name / "0.png", 0)
+    (tmp_path / "data" / "val" / "dog" / "1.png").write_bytes(b"\x89PNG broken")
+    result = predict_here(capsys, "--model", path, "--evaluate", tmp_path / "data", "--save", tmp_path / "out")
+    assert_clean_failure(result)  # the broken image is named, the others are evaluated
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
+        line for line in result.stderr.splitlines() if line.startswith(f"error: {tmp_path / 'data' / 'val' / 'dog' / '1.png'}: ")]
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["total"] == 2
+
+
+def test_metrics_by_hand():
+    matrix = confusion_matrix([0, 1, 1, 2, 2, 0], [0, 1, 2, 2, 2, 1], 3)
+    assert matrix.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 2]]  # rows: true class
+    report = classification_report(matrix, ["a", "b", "c"])
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    b = report["classes"][1]
+    assert (b["precision"], b["recall"], b["support"]) == (0.5, 0.5, 2)
+    c = report["classes"][2]
+    assert c["precision"] == 1.0 and c["recall"] == pytest.approx(2 / 3) and c["f1"] == pytest.approx(0.8)
+
+
+def test_rollout_is_a_distribution_over_the_patch_grid():
+    model = tiny_model()
+    maps = attention_rollout(model, torch.randn(2, 3, 32, 32))
+    assert maps.shape == (2, 4, 4)
+    assert (maps >= 0).all()
+    assert maps.sum(dim=(1, 2)).tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_rollout_of_uniform_attention_is_uniform():
+    model = tiny_model()
+    for block in model.blocks:  # q = k = 0: every token attends equally to all tokens
+        torch.nn.init.zeros_(block.attn.qkv.weight)
+        torch.nn.init.zeros_(block.attn.qkv.bias)
+    maps = attention_rollout(model, torch.randn(1, 3, 32, 32))
+    assert maps[0] == pytest.approx(torch.full((4, 4), 1 / 16), abs=1e-6)
+
+
+def test_rollout_follows_attention_set_by_hand():
+    model = tiny_model(num_layers=3)
+    target = 6  # patch (row 1, column 2) of the 4x4 grid; token 7 (the class token is token 0)
+
+    def focused(images, return_attn):
+        logits, attns = model(images, return_attn=True)
+        one_hot = torch.zeros_like(attns[0])
+        one_hot[..., 1 + target] = 1.0  # every head of every layer: all queries attend to one patch
+        return logits, [one_hot for _ in attns]
+
+    maps = attention_rollout(focused, torch.randn(2, 3, 32, 32))
+    expected = torch.zeros(4, 4)
+    expected[1, 2] = 1.0
+    assert maps[0] == pytest.approx(expected) and maps[1] == pytest.approx(expected)

@@ -1,0 +1,292 @@
+"""train.py end to end on tiny images written here: outputs, learning, resume, --freeze, errors, DDP."""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
+
+import train
+from vit import data
+from vit.checkpoint import load_checkpoint, model_from_checkpoint
+from vit.model import VisionTransformer, build_model
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST = 24, 12  # readable images per split (two classes, half each)
+TINY = ["--image-size", "16", "--patch-size", "4", "--num-layers", "2", "--batch-size", "8",
+        "--warmup-epochs", "1", "--device", "cpu", "--workers", "0"]
+KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+
+
+def write_split(folder, n, seed):
+    """n noisy images per class: 'bright' (light pixels) and 'dark' (dark pixels), a learnable difference."""
+    g = torch.Generator().manual_seed(seed)
+    for name, low in (("bright", 150), ("dark", 0)):
+        (folder / name).mkdir(parents=True)
+        for i in range(n):
+            size = (20, 24) if i % 2 else (24, 20)
+            pixels = torch.randint(low, low + 106, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(folder / name / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """ROOT/{train,test}/{bright,dark}/*.png, plus a corrupt image and a text file in train/."""
+    root = tmp_path_factory.mktemp("data")
+    write_split(root / "train", N_TRAIN // 2, seed=0)
+    write_split(root / "test", N_TEST // 2, seed=1)
+    (root / "train" / "bright" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (root / "train" / "dark" / "notes.txt").write_text("not an image")
+    return root
+
+
+def flags(dataset, out, *extra):
+    """Command-line flags for a tiny CPU run writing under out/."""
+    return ["--data", str(dataset), "--out-dir", str(out), "--cache-dir", str(out / "cache"), *TINY, *extra]
+
+
+def run_script(*args, launcher=(sys.executable,)):
+    """Run train.py as a user would; returns the CompletedProcess."""
+    return subprocess.run([*launcher, str(REPO / "train.py"), *args], capture_output=True, text=True, timeout=300)
+
+
+def last_line(stream):
+    """The last line of captured output (progress bars end theirs with carriage returns)."""
+    return re.split(r"[\r\n]", stream.strip())[-1]
+
+
+def read_metrics(out, name):
+    return json.loads((out / "results" / name / "metrics.json").read_text())
+
+
+def accuracy_of(model, dataset):
+    """Accuracy of a model on the test images, with the checkpoint's own eval preprocessing."""
+    decoded = data.load_split(dataset / "test", ["bright", "dark"], model.preprocess["resize_size"])
+    x = torch.stack([data.eval_transform(model.preprocess)(im) for im in decoded.images])
+    with torch.no_grad():
+        return (model.eval()(x).argmax(1) == torch.tensor(decoded.labels)).float().mean().item()
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    """A 4-epoch run from scratch (the uninterrupted reference for resuming)."""
+    out = tmp_path_factory.mktemp("ref")
+    result = run_script(*flags(dataset, out, "--epochs", "4", "--lr", "2e-3", "--name", "ref"))
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_run_writes_all_outputs_that_load_back(reference, dataset):
+    out, _ = reference
+    metrics = read_metrics(out, "ref")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4] and all(set(m) == KEYS for m in metrics)
+    for png in ("curves.png", "confusion_matrix.png"):
+        with Image.open(out / "results" / "ref" / png) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+    last, best = load_checkpoint(out / "models" / "ref.pt"), load_checkpoint(out / "models" / "ref-best.pt")
+    assert last["epoch"] == 4 and last["metrics"] == metrics and last["classes"] == ["bright", "dark"]
+    assert best["best_acc"] == max(m["test_acc"] for m in metrics) == best["metrics"][-1]["test_acc"]
+    assert last["args"]["name"] == "ref" and "git_commit" in last
+    model = model_from_checkpoint(last)  # a working model that scores what training measured
+    assert model.classes == ["bright", "dark"] and model.image_size == 16
+    assert accuracy_of(model, dataset) == pytest.approx(metrics[-1]["test_acc"])
+
+
+def test_loss_falls_and_accuracy_rises(reference, dataset):
+    metrics = read_metrics(reference[0], "ref")
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert metrics[-1]["test_loss"] < metrics[0]["test_loss"]
+    untrained = VisionTransformer(**load_checkpoint(reference[0] / "models" / "ref.pt")["model"]["config"])
+    assert accuracy_of(untrained, dataset) == 0.5  # zero-initialised head: one class for every image
+    assert metrics[-1]["test_acc"] >= 0.9
+
+
+def test_corrupt_image_skipped_and_named(reference):
+    stdout = reference[1].stdout
+    assert f"train: {N_TRAIN} images" in stdout and "skipped 1 non-image file" in stdout
+    assert "skipped unreadable image" in stdout and "broken.png" in stdout
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(reference, dataset, tmp_path, capsys):
+    train.main(flags(dataset, tmp_path, "--epochs", "4", "--lr", "2e-3", "--name", "ref", "--stop-after", "2"))
+    assert "--resume" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "models" / "ref.pt")["epoch"] == 2
+    second = run_script("--resume", str(tmp_path / "models" / "ref.pt"), "--device", "cpu")
+    assert second.returncode == 0, second.stderr
+    resumed, uninterrupted = read_metrics(tmp_path, "ref"), read_metrics(reference[0], "ref")
+    assert len(resumed) == 4
+    for a, b in zip(resumed, uninterrupted):
+        for key in KEYS - {"seconds"}:
+            assert a[key] == pytest.approx(b[key], abs=1e-4), (a, b)
+
+
+def test_ctrl_c_keeps_last_epoch_and_says_how_to_resume(dataset, tmp_path, monkeypatch, capsys):
+    original, calls = train.train_epoch, []
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", interrupted_in_epoch_2)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(dataset, tmp_path, "--epochs", "3", "--name", "run"))
+    assert exit_.value.code == 130
+    assert f"--resume {tmp_path / 'models' / 'run.pt'}" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "models" / "run.pt")["epoch"] == 1
+
+
+def torchvision_weights(path):
+    """A tiny torchvision ViT's state dict (random weights, 1000-class head), saved like an ImageNet file."""
+    torch.manual_seed(1)
+    tv = TorchvisionViT(image_size=16, patch_size=4, num_layers=2, num_heads=3, hidden_dim=192, mlp_dim=768)
+    with torch.no_grad():
+        for p in tv.parameters():
+            p.normal_(std=0.05)
+    torch.save(tv.state_dict(), path)
+    return build_model("vit_ti_16", image_size=16, patch_size=4, num_layers=2, pretrained=path).state_dict()
+
+
+def test_freeze_runs_backbone_once_per_image(dataset, tmp_path, monkeypatch):
+    expected = torchvision_weights(tmp_path / "tv.pth")
+    original, seen = VisionTransformer.forward_features, []
+
+    def counting(self, x, *args, **kwargs):
+        seen.append(len(x))
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(VisionTransformer, "forward_features", counting)
+    metrics = train.main(flags(dataset, tmp_path, "--model", "vit_ti_16", "--pretrained", str(tmp_path / "tv.pth"),
+                               "--freeze", "--epochs", "3", "--name", "probe"))
+    assert sum(seen) == N_TRAIN + N_TEST  # 3 epochs, yet every image went through the backbone once
+    assert len(metrics) == 3 and metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    state = load_checkpoint(tmp_path / "models" / "probe.pt")["state_dict"]
+    for key, value in expected.items():  # the backbone is the pretrained one, untouched; the head is new
+        if key.startswith("head."):
+            assert value.shape[0] == 1000 and state[key].shape[0] == 2 and state[key].abs().sum() > 0
+        else:
+            assert torch.equal(state[key], value), key
+
+
+def test_pretrained_full_finetune_starts_from_the_weights(dataset, tmp_path):
+    torch.manual_seed(2)
+    source = build_model("vit_ti_16", num_classes=5, image_size=16, patch_size=4, num_layers=2)
+    torch.save(source.state_dict(), tmp_path / "ours.pt")
+    # lr 0: nothing moves, so the saved weights must be the file's (the 5-class head is replaced by a 2-class one)
+    train.main(flags(dataset, tmp_path, "--model", "vit_ti_16", "--pretrained", str(tmp_path / "ours.pt"),
+                     "--lr", "0", "--epochs", "1", "--name", "ft"))
+    ckpt = load_checkpoint(tmp_path / "models" / "ft.pt")
+    assert ckpt["args"]["pretrained"] == str(tmp_path / "ours.pt") and ckpt["args"]["mixup"] == 0.0  # fine-tune recipe
+    for key, value in source.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(ckpt["state_dict"][key], value), key
+    assert ckpt["state_dict"]["head.weight"].shape == (2, 192)
+
+
+def make_bad(kind, root):
+    """A dataset folder with one problem."""
+    write_split(root / "train", 2, seed=0)
+    write_split(root / "test", 2, seed=1)
+    if kind == "no train/":
+        os.rename(root / "train", root / "elsewhere")
+    elif kind == "empty class":
+        for p in (root / "test" / "dark").iterdir():
+            p.unlink()
+    elif kind == "class mismatch":
+        os.rename(root / "test" / "dark", root / "test" / "black")
+    return root
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("no train/", r"train: missing"),
+    ("empty class", r"test/dark: no images"),
+    ("class mismatch", r"different class folders"),
+])
+def test_bad_dataset_is_one_line_error(kind, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(make_bad(kind, tmp_path / "ds"), tmp_path))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+
+
+def test_missing_data_path_as_user_sees_it(tmp_path):
+    result = run_script("--data", str(tmp_path / "nowhere"), "--device", "cpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {tmp_path / 'nowhere'}: no such folder")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "cuda:7"], r"--device cuda:7: "),
+    (["--device", "tpu"], r"--device tpu: unknown device"),
+    (["--freeze"], r"--freeze .* add --pretrained"),
+])
+def test_bad_flags_are_one_line_errors(extra, message, dataset, tmp_path, capsys):
+    if extra[-1] == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(dataset, tmp_path, *extra))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and re.match("error: " + message, err), err
+
+
+def test_existing_run_is_not_overwritten(reference, dataset, capsys):
+    out = reference[0]
+    before = (out / "models" / "ref.pt").read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(dataset, out, "--name", "ref"))
+    assert exit_.value.code == 2 and "--resume" in capsys.readouterr().err
+    assert (out / "models" / "ref.pt").read_bytes() == before
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path, monkeypatch, capsys):
+    original, steps = VisionTransformer.forward, []
+
+    def nan_from_epoch_2(self, x, *args, **kwargs):
+        out = original(self, x, *args, **kwargs)
+        if self.training:
+            steps.append(1)
+        return out * math.nan if len(steps) > math.ceil(N_TRAIN / 8) else out
+
+    monkeypatch.setattr(VisionTransformer, "forward", nan_from_epoch_2)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(dataset, tmp_path, "--epochs", "3", "--name", "nan"))
+    assert exit_.value.code == 2
+    assert last_line(capsys.readouterr().err).startswith("error: epoch 2: training loss is nan")
+    ckpt = load_checkpoint(tmp_path / "models" / "nan.pt")
+    assert ckpt["epoch"] == 1 and model_from_checkpoint(ckpt) is not None
+    assert len(read_metrics(tmp_path, "nan")) == 1
+
+
+def test_huge_learning_rate_diverges_with_a_message(dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(dataset, tmp_path, "--epochs", "1", "--lr", "1e30", "--warmup-epochs", "0", "--name", "big"))
+    assert exit_.value.code == 2 and "training loss is" in capsys.readouterr().err
+    assert not (tmp_path / "models" / "big.pt").exists()
+
+
+def test_ddp_two_processes_write_once(dataset, tmp_path):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    result = run_script(*flags(dataset, tmp_path, "--epochs", "1", "--name", "ddp"), launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("epoch 1/1 |") == 1 and "x 2 processes" in result.stdout
+    metrics = read_metrics(tmp_path, "ddp")
+    assert len(metrics) == 1
+    ckpt = load_checkpoint(tmp_path / "models" / "ddp.pt")  # test accuracy counted over all test images
+    assert accuracy_of(model_from_checkpoint(ckpt), dataset) == pytest.approx(metrics[0]["test_acc"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_mixed_precision_run(dataset, tmp_path):
+    result = run_script(*flags(dataset, tmp_path, "--epochs", "2", "--name", "gpu", "--device", "cuda",
+                               "--workers", "2", "--compile"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(tmp_path, "gpu")
+    assert len(metrics) == 2 and all(math.isfinite(m["train_loss"]) for m in metrics)

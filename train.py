@@ -1,0 +1,405 @@
+"""Train a Vision Transformer on an image folder (ROOT/train/<class>/*, ROOT/test/<class>/*).
+
+    python train.py                                            # small ViT from scratch on the bundled fashion set
+    python train.py --data pizza_steak_sushi --pretrained      # fine-tune ImageNet ViT-B/16
+    python train.py --data pizza_steak_sushi --pretrained --freeze   # linear probe: train the head only
+    python train.py --resume models/RUN.pt                     # continue an interrupted run
+    torchrun --nproc_per_node=2 train.py ...                   # data-parallel on 2 processes (DDP)
+
+Writes models/RUN.pt (every epoch), models/RUN-best.pt (best test accuracy), results/RUN/metrics.json,
+results/RUN/curves.png and results/RUN/confusion_matrix.png.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from vit import data, plots
+from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from vit.errors import UserError
+from vit.metrics import confusion_matrix
+from vit.model import build_model, list_models
+from vit.weights import CHECKPOINT_FORMAT
+
+# -----------------------------------------------------------------------------
+# Recipes: every flag left out takes its value from the recipe that fits the run.
+SCRATCH = dict(  # a small ViT from random weights on a small data set
+    model="vit_ti_16",      # DeiT-Tiny widths (192 dim, 3 heads, 12 layers)
+    image_size=32,          # the bundled fashion images are 28 px
+    patch_size=8,           # 4x4 patches: patch 4 (8x8) learns more per epoch but runs 4x slower on a CPU
+    epochs=25,
+    batch_size=64,
+    lr=1e-3,                # AdamW peak learning rate
+    weight_decay=0.05,
+    warmup_epochs=5,        # linear warmup, then cosine decay to 0 (stepped every iteration)
+    label_smoothing=0.1,
+    drop_path=0.1,          # stochastic depth of the last block (grows linearly with depth)
+    mixup=1.0,              # probability of Mixup or CutMix per batch
+    clip_grad=1.0,          # max gradient norm (0: no clipping)
+)
+FINETUNE = dict(SCRATCH,  # all weights, starting from pretrained ones (--pretrained)
+    model="vit_b_16", image_size=None, patch_size=None,  # None: the weights' own image and patch size
+    epochs=10, batch_size=32, lr=1e-4, warmup_epochs=1, mixup=0.0)
+LINEAR_PROBE = dict(FINETUNE,  # the new head only, on frozen pretrained features (--pretrained --freeze)
+    epochs=20, lr=3e-3, weight_decay=0.0, drop_path=0.0)
+RESUMABLE = ("device", "workers", "compile", "cache_dir", "stop_after")  # --resume takes these from the command line
+# -----------------------------------------------------------------------------
+
+
+def recipe_defaults(key):
+    """What --help shows as a recipe flag's default, e.g. 'scratch 25, fine-tune 10, --freeze 20'."""
+    recipes = {"scratch": SCRATCH, "fine-tune": FINETUNE, "--freeze": LINEAR_PROBE}
+    values = {name: "the weights'" if r[key] is None else r[key] for name, r in recipes.items()}
+    if len(set(values.values())) == 1:
+        return str(values["scratch"])
+    return ", ".join(f"{name} {value}" for name, value in values.items())
+
+
+def parse_args(argv=None):
+    """The command line; recipe flags default to None and are filled in from the recipe."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = recipe_defaults
+    p.add_argument("--data", metavar="ROOT",
+                   help="dataset folder, or a known name (pizza_steak_sushi); default: bundled fashion set")
+    p.add_argument("--model", choices=list_models(), metavar="NAME", help=f"{', '.join(list_models())} ({d('model')})")
+    p.add_argument("--pretrained", nargs="?", const=True, metavar="PATH",
+                   help="start from torchvision's ImageNet weights, or from a weights file / checkpoint at PATH")
+    p.add_argument("--freeze", action="store_true", help="train only a new head on frozen pretrained features")
+    p.add_argument("--image-size", type=int, metavar="N", help=f"input size in pixels ({d('image_size')})")
+    p.add_argument("--patch-size", type=int, metavar="N", help=f"override the model's patch size ({d('patch_size')})")
+    p.add_argument("--num-layers", type=int, metavar="N", help="override the model's depth")
+    p.add_argument("--epochs", type=int, metavar="N", help=f"total epochs ({d('epochs')})")
+    p.add_argument("--batch-size", type=int, metavar="N", help=f"images per step, all processes ({d('batch_size')})")
+    p.add_argument("--lr", type=float, metavar="F", help=f"peak learning rate ({d('lr')})")
+    p.add_argument("--weight-decay", type=float, metavar="F", help=f"AdamW weight decay ({d('weight_decay')})")
+    p.add_argument("--warmup-epochs", type=float, metavar="F", help=f"linear warmup ({d('warmup_epochs')})")
+    p.add_argument("--label-smoothing", type=float, metavar="F", help=f"label smoothing ({d('label_smoothing')})")
+    p.add_argument("--drop-path", type=float, metavar="F", help=f"stochastic depth rate ({d('drop_path')})")
+    p.add_argument("--mixup", type=float, metavar="P", help=f"Mixup/CutMix probability per batch ({d('mixup')})")
+    p.add_argument("--clip-grad", type=float, metavar="F", help=f"max gradient norm, 0: none ({d('clip_grad')})")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (0)")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="data loader processes (default: 0 on CPU, min(8, cores) on a GPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--name", metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
+    p.add_argument("--out-dir", default=".", metavar="DIR", help="where models/ and results/ go (.)")
+    p.add_argument("--cache-dir", default=str(data.DATA_DIR / ".cache"), metavar="DIR",
+                   help="decoded-image cache (data/.cache)")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this session (resume later)")
+    args = p.parse_args(argv)
+    recipe = LINEAR_PROBE if args.freeze else FINETUNE if args.pretrained else SCRATCH
+    for key, value in recipe.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def pick_device(name):
+    """--device -> torch.device; UserError when the asked-for device is not there."""
+    if name == "auto":
+        mps = torch.backends.mps.is_available()
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: unknown device; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+                        f"cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS (Apple GPU) is not available; use --device cpu (or auto)")
+    return device
+
+
+def git_commit():
+    """The repository's current commit, or None outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def param_groups(module, weight_decay):
+    """AdamW groups: weight matrices decay; norms, biases, class token and position embeddings do not."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def lr_factor(step, warmup, total):
+    """Multiplier of the peak lr: linear warmup over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
+
+
+def all_reduce(t):
+    """Sum a tensor over all processes (no-op in a single process)."""
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+@torch.no_grad()
+def features(model, dataset, args, device, autocast):
+    """Backbone features of every image, computed once (eval transform, no augmentation), for --freeze."""
+    model.eval()
+    feats, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=2 * args.batch_size, num_workers=args.workers):
+        with autocast():
+            feats.append(model.forward_features(x.to(device)).float().cpu())
+        labels.append(y)
+    return TensorDataset(torch.cat(feats), torch.cat(labels))
+
+
+def train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, device, autocast, desc):
+    """One pass over the training data; returns (mean loss, accuracy) over all processes' samples."""
+    net.train()
+    totals = torch.zeros(3, device=device)  # summed loss, correct predictions, samples
+    params = [p for p in net.parameters() if p.requires_grad]
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not is_master(), dynamic_ncols=True):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, target = mix(x, y) if mix else (x, y)
+        with autocast():
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=args.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.clip_grad > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        # with Mixup/CutMix, accuracy is measured against the unmixed labels
+        totals[0] += loss.detach() * len(y)
+        totals[1] += (logits.argmax(1) == y).sum()
+        totals[2] += len(y)
+    loss_sum, correct, count = all_reduce(totals).tolist()
+    return loss_sum / count, correct / count
+
+
+@torch.no_grad()
+def evaluate(net, loader, num_classes, device, autocast):
+    """Plain cross-entropy and the confusion matrix over the whole test set (summed over processes)."""
+    net.eval()
+    loss_sum = torch.zeros((), device=device)
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            logits = net(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        matrix += confusion_matrix(logits.argmax(1), y, num_classes)
+    loss_sum, matrix = all_reduce(loss_sum).item(), all_reduce(matrix.to(device)).cpu()
+    return loss_sum / matrix.sum().item(), matrix.diag().sum().item() / matrix.sum().item(), matrix
+
+
+def is_master():
+    """True in the process that prints and writes files (rank 0, or the only process)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def log(*a):
+    """print, in the master process only."""
+    if is_master():
+        print(*a, flush=True)
+
+
+def train(args):
+    """Set up data, model and optimiser from args, run the epochs, write checkpoints and results."""
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    if ckpt:  # the run's own settings, except the flags that may change between sessions
+        runtime = {k: getattr(args, k) for k in RESUMABLE}
+        args = argparse.Namespace(**{**ckpt["args"], **runtime, "resume": args.resume})
+        args.out_dir = str(Path(args.resume).resolve().parent.parent)  # keep writing next to the checkpoint
+    root = data.resolve_data(args.data)
+    splits = data.find_splits(root)
+    args.data = str(root.resolve())  # recorded in checkpoints, so --resume works from any folder
+    if ckpt and list(ckpt["classes"]) != splits.classes:
+        raise UserError(f"{root}: classes {splits.classes} differ from the checkpoint's {ckpt['classes']}; "
+                        "resume with the data the run was trained on")
+    if args.freeze and not args.pretrained:
+        raise UserError("--freeze trains only the head on pretrained features; add --pretrained [PATH]")
+    args.name = args.name or f"{args.model}-{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.out_dir)
+    last, best = out / "models" / f"{args.name}.pt", out / "models" / f"{args.name}-best.pt"
+    results = out / "results" / args.name
+    if last.exists() and not ckpt:
+        raise UserError(f"{last}: a run of this name exists; pick another --name or continue it with --resume {last}")
+
+    # processes and device
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    device = pick_device(args.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if args.batch_size % world:
+        raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
+    if args.workers is None:
+        args.workers = 0 if device.type == "cpu" else min(8, os.cpu_count())
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.type == "cuda" else None
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else nullcontext
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    # model
+    torch.manual_seed(args.seed)
+    if ckpt:
+        model = model_from_checkpoint(ckpt)
+    else:
+        overrides = {k: getattr(args, k) for k in ("patch_size", "num_layers") if getattr(args, k) is not None}
+        try:
+            model = build_model(args.model, num_classes=len(splits.classes), image_size=args.image_size,
+                                pretrained=args.pretrained or False, drop_path=args.drop_path, **overrides)
+        except ValueError as e:
+            raise UserError(f"--image-size/--patch-size/--num-layers: {e}") from None
+        model.classes = splits.classes
+    model.to(device)
+    trained = model.head if args.freeze else model
+    if args.freeze:
+        model.requires_grad_(False)
+        trained.requires_grad_(True)
+
+    # data: decode once (shorter side = the eval resize, so eval preprocessing is exact), augment per sample
+    if rank > 0:
+        dist.barrier()  # rank 0 decodes first and fills the cache, the others then read it
+    decoded = {split: data.load_split(d, splits.classes, model.preprocess["resize_size"], args.cache_dir)
+               for split, d in (("train", splits.train_dir), ("test", splits.test_dir))}
+    if rank == 0 and world > 1:
+        dist.barrier()
+    pre = model.preprocess
+    for split, dec in decoded.items():
+        skipped = f"; skipped {dec.non_images} non-image file(s)" if dec.non_images else ""
+        log(f"data: {split}: {len(dec.images)} images in {len(splits.classes)} classes from {root / split}{skipped}")
+        for path, reason in dec.skipped:
+            log(f"  skipped unreadable image {path}: {reason}")
+    train_set = data.ImageDataset(decoded["train"], data.train_transform(model.image_size, pre["mean"], pre["std"]))
+    test_set = data.ImageDataset(decoded["test"], data.eval_transform(pre))
+    if args.freeze:  # the frozen backbone sees every image once; epochs then train the head on the features
+        train_set = features(model, data.ImageDataset(decoded["train"], test_set.transform), args, device, autocast)
+        test_set = features(model, test_set, args, device, autocast)
+    workers = 0 if args.freeze else args.workers
+    generator = torch.Generator()
+    sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else None
+    train_loader = DataLoader(train_set, batch_size=args.batch_size // world, shuffle=sampler is None, sampler=sampler,
+                              generator=generator, num_workers=workers, pin_memory=device.type == "cuda")
+    test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world)), batch_size=2 * args.batch_size,
+                             num_workers=workers, pin_memory=device.type == "cuda")
+    mix = data.MixupCutmix(len(splits.classes), p=args.mixup) if args.mixup > 0 and not args.freeze else None
+
+    # optimiser and schedule
+    fast = torch.compile(trained) if args.compile else trained
+    net = fast
+    if world > 1:
+        net = DistributedDataParallel(fast, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(param_groups(trained, args.weight_decay), lr=args.lr, fused=device.type == "cuda")
+    steps = len(train_loader)
+    warmup, total = round(args.warmup_epochs * steps), args.epochs * steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+    metrics, best_acc, start = [], -1.0, 0
+    if ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        metrics, best_acc, start = list(ckpt["metrics"]), ckpt["best_acc"], ckpt["epoch"]
+
+    n_params = sum(p.numel() for p in model.parameters())
+    source = f"pretrained {args.pretrained}" if args.pretrained else "from scratch"
+    log(f"model: {args.model} {model.image_size}px patch {model.patch_size}, {n_params / 1e6:.2f}M parameters, "
+        f"{source}, training {'the head only' if args.freeze else 'all weights'}")
+    processes = f" x {world} processes" if world > 1 else ""
+    log(f"run: {args.name} on {device}{processes}, epochs {start + 1}..{args.epochs}, writing {last} and {results}/")
+
+    end = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
+    matrix = None  # confusion matrix of the latest test pass
+    try:
+        for epoch in range(start, end):
+            t0 = time.perf_counter()
+            torch.manual_seed(args.seed + 10_000 * epoch + rank)  # each epoch's randomness depends only on
+            generator.manual_seed(args.seed + epoch)  # (seed, epoch), so a resumed run repeats it exactly
+            if sampler:
+                sampler.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            train_loss, train_acc = train_epoch(net, train_loader, optimizer, scheduler, scaler, mix, args, device,
+                                                autocast, desc=f"epoch {epoch + 1}/{args.epochs}")
+            if not math.isfinite(train_loss):
+                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+                raise UserError(f"epoch {epoch + 1}: training loss is {train_loss}; the run diverged, lower --lr "
+                                f"(was {args.lr:g}) or lengthen --warmup-epochs; {kept}")
+            test_loss, test_acc, matrix = evaluate(fast, test_loader, len(splits.classes), device, autocast)
+            metrics.append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                                test_acc=test_acc, lr=lr, seconds=time.perf_counter() - t0))
+            is_best = test_acc > best_acc
+            best_acc = max(best_acc, test_acc)
+            log(f"epoch {epoch + 1}/{args.epochs} | train loss {train_loss:.4f} acc {train_acc:.4f} | "
+                f"test loss {test_loss:.4f} acc {test_acc:.4f}{' (best)' if is_best else ''} | "
+                f"lr {lr:.2e} | {metrics[-1]['seconds']:.1f}s")
+            if is_master():
+                ckpt = {"format": CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
+                        "state_dict": model.state_dict(), "classes": splits.classes, "preprocess": model.preprocess,
+                        "epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else None, "metrics": metrics,
+                        "best_acc": best_acc, "args": vars(args), "git_commit": git_commit()}
+                save_checkpoint(ckpt, last)
+                if is_best:
+                    save_checkpoint(ckpt, best)
+                results.mkdir(parents=True, exist_ok=True)
+                (results / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    except KeyboardInterrupt:
+        done = f"epoch {len(metrics)} is saved in {last}; continue with: python train.py --resume {last}"
+        log(f"\ninterrupted: {done if last.exists() else 'no epoch finished, nothing was saved'}")
+        raise SystemExit(130)
+    finally:  # figures once per session (also after an interruption or a divergence), from the epochs so far
+        if is_master() and metrics:
+            plots.plot_curves(metrics, results / "curves.png")
+            if matrix is not None:
+                plots.plot_confusion(matrix.tolist(), splits.classes, results / "confusion_matrix.png")
+    if end < args.epochs:
+        log(f"stopped after epoch {end} of {args.epochs}; continue with: python train.py --resume {last}")
+    elif metrics:
+        log(f"done: best test accuracy {best_acc:.4f}; checkpoints {last} and {best}, results in {results}/")
+    return metrics
+
+
+def main(argv=None):
+    """Command-line entry: user errors become one 'error: ...' line and exit status 2."""
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
