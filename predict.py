@@ -23,6 +23,7 @@ from tqdm import tqdm
 from vit import build_model
 from vit.checkpoint import load_checkpoint, model_from_checkpoint
 from vit.data import class_folders, decode, eval_transform, is_image, list_files, load_split
+from vit.device import pick_device
 from vit.errors import UserError
 from vit.explain import attention_rollout, model_view, save_attention_figure, save_prediction_figure
 from vit.metrics import classification_report, confusion_matrix, format_report
@@ -40,7 +41,7 @@ def parse_args(argv):
     source.add_argument("--model", help="checkpoint written by train.py (models/RUN.pt)")
     source.add_argument("--pretrained", action="store_true", help="torchvision's ImageNet vit_b_16 instead")
     parser.add_argument("--topk", type=int, default=3, help="classes shown per image (at most all classes)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
     parser.add_argument("--save", help=f"figure path (one image) or folder (default {OUT_DIR})")
@@ -52,15 +53,6 @@ def parse_args(argv):
     if args.topk < 1 or args.batch_size < 1:
         parser.error("--topk and --batch_size must be at least 1")
     return args
-
-
-def pick_device(name):
-    """torch.device for --device; UserError when CUDA is asked for but absent."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
-    return torch.device(name)
 
 
 def load_model(args):

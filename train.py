@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from vit import data, plots
 from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from vit.device import pick_device
 from vit.errors import UserError
 from vit.metrics import confusion_matrix
 from vit.model import build_model, list_models
@@ -108,27 +109,6 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
-
-
-def pick_device(name):
-    """--device -> torch.device; UserError when the asked-for device is not there."""
-    if name == "auto":
-        mps = torch.backends.mps.is_available()
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {name}: unknown device; use auto, cpu, cuda, cuda:N or mps")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu (or auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
-                        f"cuda:{torch.cuda.device_count() - 1}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS (Apple GPU) is not available; use --device cpu (or auto)")
-    return device
 
 
 def git_commit():

@@ -24,12 +24,17 @@ RECIPES = {
 }
 
 
-def run(root, name, flags, out, extra):
+def run(root, name, flags, out, extra, timeout):
+    """One train.py run, its output in OUT/NAME.log; stopped after `timeout` seconds (its metrics stay)."""
     log = out / f"{name}.log"
     cmd = [sys.executable, str(REPO / "train.py"), "--data", str(root), "--name", name, "--out-dir", str(out),
            "--cache-dir", str(out / "cache"), *flags, *extra]
     with open(log, "w") as f:
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        try:
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            return f"exited with status {code}" if code else None
+        except subprocess.TimeoutExpired:
+            return "was stopped at --timeout"
 
 
 def table(out):
@@ -48,6 +53,7 @@ def main():
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--only", nargs="*", help="recipe names to run (default: all)")
+    p.add_argument("--timeout", type=float, help="stop each run after this many seconds")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     args, extra = p.parse_known_args()  # anything else goes to every train.py
     args.out.mkdir(parents=True, exist_ok=True)
@@ -55,10 +61,10 @@ def main():
         jobs = [(Path(root), f"{Path(root).name}--{name}", flags) for root in args.data
                 for name, flags in RECIPES.items() if not args.only or name in args.only]
         with ThreadPoolExecutor(args.parallel) as pool:
-            codes = list(pool.map(lambda j: run(*j, args.out, extra), jobs))
+            codes = list(pool.map(lambda j: run(*j, args.out, extra, args.timeout), jobs))
         for (_, name, _), code in zip(jobs, codes):
             if code:
-                print(f"{name}: train.py exited {code}, see {args.out / (name + '.log')}")
+                print(f"{name}: train.py {code}, see {args.out / (name + '.log')}")
     table(args.out)
 
 

@@ -32,7 +32,10 @@ def main():
     parser.add_argument("--out", default=str(Path(__file__).parent / "fashion_mnist_small"))
     args = parser.parse_args()
     out = Path(args.out)
+    licence = (out / "LICENSE").read_bytes()  # Fashion-MNIST's MIT licence travels with the images
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / "LICENSE").write_bytes(licence)
     for split, prefix in FILES.items():
         labels = read_idx(Path(args.src) / f"{prefix}-labels-idx1-ubyte.gz", 8)
         pixels = read_idx(Path(args.src) / f"{prefix}-images-idx3-ubyte.gz", 16)

@@ -193,3 +193,20 @@ def test_drop_path_only_in_training():
     a = model(x)
     torch.manual_seed(2)
     assert not torch.allclose(a, model(x))
+
+
+def test_checkpoint_with_a_broken_model_description_is_refused(tmp_path):
+    from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1)
+    good = {"format": vit.weights.CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
+            "state_dict": model.state_dict(), "classes": ["a", "b"], "preprocess": model.preprocess}
+    save_checkpoint(good, tmp_path / "good.pt")
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "good.pt"))
+    assert rebuilt.classes == ["a", "b"] and all(torch.equal(v, model.state_dict()[k])
+                                                 for k, v in rebuilt.state_dict().items())
+    for name, broken in {"noconfig": dict(good, model={"name": "x"}),
+                         "badsize": dict(good, model={"name": "x", "config": dict(model.config, image_size=30)}),
+                         "deeper": dict(good, model={"name": "x", "config": dict(model.config, num_layers=2)})}.items():
+        save_checkpoint(broken, tmp_path / f"{name}.pt")
+        with pytest.raises(UserError, match=f"{name}.pt: .*damaged or was edited"):
+            model_from_checkpoint(load_checkpoint(tmp_path / f"{name}.pt"))

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from vit.checkpoint import save_checkpoint
 from vit.errors import UserError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # bundled data and downloads live here
@@ -194,10 +195,7 @@ def load_split(split_dir, classes, size, cache_dir=None):
             raise UserError(f"{split_dir / name}: none of its images could be decoded; "
                             "replace them or remove the folder")
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save(vars(out), tmp)
-        os.replace(tmp, cache)
+        save_checkpoint(vars(out), cache)  # atomic, so runs sharing the cache never read half a file
     return out
 
 

@@ -1,0 +1,25 @@
+"""Choosing the device from a --device flag, shared by train.py and predict.py."""
+import torch
+
+from vit.errors import UserError
+
+
+def pick_device(name):
+    """--device -> torch.device; UserError when the asked-for device is not there."""
+    if name == "auto":
+        mps = torch.backends.mps.is_available()
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: unknown device; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+                        f"cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS (Apple GPU) is not available; use --device cpu (or auto)")
+    return device
