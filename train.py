@@ -282,8 +282,11 @@ def train(args):
     train_set = data.ImageDataset(decoded["train"], data.train_transform(model.image_size, pre["mean"], pre["std"]))
     test_set = data.ImageDataset(decoded["test"], data.eval_transform(pre))
     if args.freeze:  # the frozen backbone sees every image once; epochs then train the head on the features
+        t0 = time.perf_counter()
         train_set = features(model, data.ImageDataset(decoded["train"], test_set.transform), args, device, autocast)
         test_set = features(model, test_set, args, device, autocast)
+        log(f"features: {len(train_set) + len(test_set)} images through the frozen backbone once, "
+            f"in {time.perf_counter() - t0:.1f}s")
     workers = 0 if args.freeze else args.workers
     generator = torch.Generator()
     sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else None
