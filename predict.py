@@ -25,7 +25,7 @@ from vit.checkpoint import load_checkpoint, model_from_checkpoint
 from vit.data import class_folders, decode, eval_transform, is_image, list_files, load_split
 from vit.device import pick_device
 from vit.errors import UserError
-from vit.explain import attention_rollout, model_view, save_attention_figure, save_prediction_figure
+from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure
 from vit.metrics import classification_report, confusion_matrix, format_report
 from vit.plots import plot_confusion
 
@@ -84,9 +84,14 @@ def expand(inputs):
 
 
 @torch.inference_mode()
-def probabilities(model, tensors, device):
-    """Softmax over all classes for a list of preprocessed (3, H, W) tensors, on the CPU."""
-    return model(torch.stack(tensors).to(device)).float().softmax(dim=-1).cpu()
+def probabilities(model, tensors, device, explain=False):
+    """Softmax over all classes for a list of preprocessed (3, H, W) tensors, on the CPU, and with
+    explain the attention rollout maps from the same forward pass (else None per image)."""
+    x = torch.stack(tensors).to(device)
+    if not explain:
+        return model(x).float().softmax(dim=-1).cpu(), [None] * len(tensors)
+    logits, attentions = model(x, return_attn=True)
+    return logits.float().softmax(dim=-1).cpu(), rollout(attentions).cpu()
 
 
 def predict(model, paths, device, batch_size, explain, failures):
@@ -102,9 +107,7 @@ def predict(model, paths, device, batch_size, explain, failures):
                 failures.append(str(e))
                 tqdm.write(f"error: {e}", file=sys.stderr)
         if batch:
-            tensors = [t for _, t in batch]
-            probs = probabilities(model, tensors, device)
-            maps = attention_rollout(model, torch.stack(tensors).to(device)).cpu() if explain else [None] * len(batch)
+            probs, maps = probabilities(model, [t for _, t in batch], device, explain)
             yield from ((path, t, p, m) for (path, t), p, m in zip(batch, probs, maps))
         bar.update(len(paths[start:start + batch_size]))
     bar.close()
@@ -157,7 +160,7 @@ def evaluate(model, root, device, batch_size, out_dir, failures):
     transform, preds = eval_transform(model.preprocess), []
     for start in tqdm(range(0, len(decoded.images), batch_size), desc="evaluate", unit="batch", file=sys.stderr):
         tensors = [transform(image) for image in decoded.images[start:start + batch_size]]
-        preds += probabilities(model, tensors, device).argmax(dim=-1).tolist()
+        preds += probabilities(model, tensors, device)[0].argmax(dim=-1).tolist()
     labels = [model.classes.index(folders[label]) for label in decoded.labels]
     matrix = confusion_matrix(preds, labels, len(model.classes))
     report = classification_report(matrix, model.classes)

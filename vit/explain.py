@@ -14,18 +14,22 @@ from matplotlib.figure import Figure
 def attention_rollout(model, images):
     """Attention rollout of Abnar & Zuidema, "Quantifying Attention Flow in Transformers" (ACL 2020).
 
-    Runs model(images, return_attn=True); per layer averages the heads, adds the identity for the
-    residual connection and renormalises the rows, then multiplies the layers (later @ earlier).
-    Returns the class token's row over the patch tokens as (B, grid, grid) maps, each >= 0 summing to 1.
+    Runs model(images, return_attn=True) and returns rollout() of its attention weights.
     """
-    _, attentions = model(images, return_attn=True)
-    rollout = None
+    return rollout(model(images, return_attn=True)[1])
+
+
+def rollout(attentions):
+    """Per layer average the heads, add the identity for the residual connection and renormalise the rows,
+    then multiply the layers (later @ earlier). Returns the class token's row over the patch tokens as
+    (B, grid, grid) maps, each >= 0 summing to 1."""
+    joint = None
     for attn in attentions:
         layer = attn.float().mean(dim=1)
         layer = layer + torch.eye(layer.shape[-1], device=layer.device)
         layer = layer / layer.sum(dim=-1, keepdim=True)
-        rollout = layer if rollout is None else layer @ rollout
-    patches = rollout[:, 0, 1:].clamp(min=0)
+        joint = layer if joint is None else layer @ joint
+    patches = joint[:, 0, 1:].clamp(min=0)
     patches = patches / patches.sum(dim=-1, keepdim=True)
     grid = math.isqrt(patches.shape[-1])
     return patches.reshape(-1, grid, grid)
