@@ -1,7 +1,6 @@
 """Shared by the benchmarks: the models to compare, FLOP counts and a timer."""
 import time
 
-import torch
 import torchvision
 
 from vit import build_model

@@ -12,6 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from vit.errors import UserError
+from vit.plots import save_figure
 
 KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")  # needed per epoch record
 
@@ -50,8 +51,7 @@ def plot_runs(runs, path):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize="small")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def summary(runs):

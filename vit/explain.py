@@ -3,11 +3,12 @@
 Figures are drawn on a bare matplotlib Figure (no pyplot, no display needed).
 """
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+
+from vit.plots import save_figure
 
 
 @torch.no_grad()
@@ -65,7 +66,7 @@ def save_prediction_figure(image, names, probs, path):
         ax_bars.text(p - 0.02 if inside else p + 0.02, row, f"{p:.1%}", va="center",
                      ha="right" if inside else "left", color="white" if inside else "black")
     fig.suptitle(f"{names[0]} ({probs[0]:.1%})")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_attention_figure(image, attn_map, title, path):
@@ -80,10 +81,4 @@ def save_attention_figure(image, attn_map, title, path):
     for ax in (ax_image, ax_overlay):
         ax.axis("off")
     fig.suptitle(title)
-    _save(fig, path)
-
-
-def _save(fig, path):
-    """Write a figure as PNG, creating the folder."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)

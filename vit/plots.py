@@ -4,7 +4,7 @@ from pathlib import Path
 from matplotlib.figure import Figure  # the object API draws with Agg; pyplot and a display are never touched
 
 
-def _save(fig, path):
+def save_figure(fig, path):
     """Write the figure to path, creating its folder."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -20,7 +20,7 @@ def plot_curves(metrics, path):
         ax.set(xlabel="epoch", ylabel=title, title=title)
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(matrix, classes, path):
@@ -40,4 +40,4 @@ def plot_confusion(matrix, classes, path):
         for j, count in enumerate(row):
             ax.text(j, i, count, ha="center", va="center", fontsize=8,
                     color="white" if count > top / 2 else "black")
-    _save(fig, path)
+    save_figure(fig, path)
