@@ -313,6 +313,7 @@ def train(args):
             scaler.load_state_dict(ckpt["scaler"])
         metrics, best_acc, start = list(ckpt["metrics"]), ckpt["best_acc"], ckpt["epoch"]
 
+    commit = git_commit()  # once per session, not per checkpoint
     n_params = sum(p.numel() for p in model.parameters())
     source = f"pretrained {args.pretrained}" if args.pretrained else "from scratch"
     log(f"model: {args.model} {model.image_size}px patch {model.patch_size}, {n_params / 1e6:.2f}M parameters, "
@@ -349,7 +350,7 @@ def train(args):
                         "state_dict": model.state_dict(), "classes": splits.classes, "preprocess": model.preprocess,
                         "epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "metrics": metrics,
-                        "best_acc": best_acc, "args": vars(args), "git_commit": git_commit()}
+                        "best_acc": best_acc, "args": vars(args), "git_commit": commit}
                 save_checkpoint(ckpt, last)
                 if is_best:
                     save_checkpoint(ckpt, best)

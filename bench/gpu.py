@@ -37,7 +37,8 @@ torch.backends.cudnn.allow_tf32 = True
 
 def bench(impl, name, compiled):
     model = make(impl, name).to(device)
-    flops = forward_flops(make("ours", name).config)
+    with torch.device("meta"):  # only the configuration is needed, not a second set of weights
+        flops = forward_flops(make("ours", name).config)
     step_model = torch.compile(model) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randn(args.batch, 3, 224, 224, device=device)
