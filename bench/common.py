@@ -4,7 +4,7 @@ import time
 import torchvision
 
 from vit import build_model
-from vit.model import CONFIGS
+from vit.model import model_config
 
 TIMM_NAMES = {"vit_ti_16": "vit_tiny_patch16_224", "vit_s_16": "vit_small_patch16_224",
               "vit_b_16": "vit_base_patch16_224", "vit_b_32": "vit_base_patch32_224"}
@@ -14,11 +14,9 @@ def make(impl, name, image_size=224, **overrides):
     """Our model, torchvision's VisionTransformer or timm's, all with the same configuration."""
     if impl == "ours":
         return build_model(name, image_size=image_size, **overrides)
-    patch, layers, heads, hidden, mlp = CONFIGS[name]
-    cfg = dict(patch_size=patch, num_layers=layers, num_heads=heads, hidden_dim=hidden, mlp_dim=mlp)
-    cfg.update(overrides)
     if impl == "torchvision":
-        return torchvision.models.vision_transformer.VisionTransformer(image_size=image_size, **cfg)
+        return torchvision.models.vision_transformer.VisionTransformer(image_size=image_size,
+                                                                        **model_config(name, **overrides))
     if impl == "timm":
         import timm
         assert not overrides, "timm is compared on the named sizes only"

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # name: train.py flags on top of the from-scratch defaults
 RECIPES = {
     "s64-p8-l6": ["--image-size", "64", "--patch-size", "8", "--num-layers", "6"],
+    "s64-p8-l6-patch": ["--image-size", "64", "--patch-size", "8", "--num-layers", "6", "--stem", "patch"],
     "s96-p8-l6": ["--image-size", "96", "--patch-size", "8", "--num-layers", "6"],
     "s64-p8-l12": ["--image-size", "64", "--patch-size", "8", "--num-layers", "12"],
     "s128-p16-l6": ["--image-size", "128", "--patch-size", "16", "--num-layers", "6"],

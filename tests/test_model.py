@@ -210,3 +210,25 @@ def test_checkpoint_with_a_broken_model_description_is_refused(tmp_path):
         save_checkpoint(broken, tmp_path / f"{name}.pt")
         with pytest.raises(UserError, match=f"{name}.pt: .*damaged or was edited"):
             model_from_checkpoint(load_checkpoint(tmp_path / f"{name}.pt"))
+
+
+def test_conv_stem_hybrid_builds_saves_and_refuses_patch_weights(tmp_path):
+    from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    torch.manual_seed(0)
+    model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1, stem="conv").eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert model.embed.stem(x).shape == (2, 96, 4, 4)  # three stride-2 stages: one position per 8 x 8 patch
+    ckpt = {"format": vit.weights.CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
+            "state_dict": model.state_dict(), "classes": ["a", "b"], "preprocess": model.preprocess}
+    save_checkpoint(ckpt, tmp_path / "hybrid.pt")
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "hybrid.pt")).eval()
+    tuned = build_model("vit_ti_16", num_classes=2, pretrained=tmp_path / "hybrid.pt", patch_size=8, num_layers=1,
+                        stem="conv").eval()  # fine-tuning from it: the image size comes from the checkpoint
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x)) and torch.equal(tuned(x), model(x))
+    path = tmp_path / "small.pth"
+    torch.save(TorchvisionViT(**SMALL).state_dict(), path)
+    with pytest.raises(UserError, match="missing: embed.stem"):
+        build_model("vit_b_16", pretrained=path, stem="conv", **SMALL)
+    with pytest.raises(ValueError, match="power-of-two patch_size"):
+        build_model("vit_ti_16", image_size=36, patch_size=12, stem="conv")

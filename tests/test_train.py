@@ -227,6 +227,7 @@ def test_missing_data_path_as_user_sees_it(tmp_path):
     (["--device", "cuda:7"], r"--device cuda:7: "),
     (["--device", "tpu"], r"--device tpu: unknown device"),
     (["--freeze"], r"--freeze .* add --pretrained"),
+    (["--image-size", "18", "--patch-size", "6", "--stem", "conv"], r"--image-size/.*--stem: .* power-of-two"),
 ])
 def test_bad_flags_are_one_line_errors(extra, message, dataset, tmp_path, capsys):
     if extra[-1] == "cuda:7" and torch.cuda.device_count() > 7:

@@ -1,6 +1,6 @@
 """The Vision Transformer of Dosovitskiy et al., "An Image is Worth 16x16 Words" (ICLR 2021).
 
-Read top to bottom: Eq. 1 (patch embedding), the encoder block of Eq. 2-3 built from
+Read top to bottom: Eq. 1 (patch embedding, or Sec. 3.1's hybrid conv stem), the encoder block of Eq. 2-3 built from
 multi-head self-attention and an MLP, Eq. 4 (class-token head), then the sizes of Table 1.
 Parameter names are our own; vit/weights.py maps torchvision's names onto them, and the
 initialisation follows torchvision's so that both models are the same function of their weights.
@@ -18,18 +18,25 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 class PatchEmbedding(nn.Module):
     """Eq. 1: z0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos (patches, class token, positions)."""
 
-    def __init__(self, image_size, patch_size, hidden_dim, dropout=0.0):
+    def __init__(self, image_size, patch_size, hidden_dim, dropout=0.0, stem="patch"):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         self.image_size, self.patch_size = image_size, patch_size
         self.grid_size = image_size // patch_size
-        # a stride-p convolution is the linear projection E applied to every flattened p x p patch
-        self.proj = nn.Conv2d(3, hidden_dim, kernel_size=patch_size, stride=patch_size)
+        if stem == "patch":  # a stride-p convolution is the projection E applied to every flattened p x p patch
+            self.stem, channels = nn.Identity(), 3
+            self.proj = nn.Conv2d(3, hidden_dim, kernel_size=patch_size, stride=patch_size)
+        elif stem == "conv":  # Sec. 3.1's hybrid: E projects each 1 x 1 patch of a CNN feature map
+            self.stem = ConvStem(patch_size, hidden_dim)
+            channels = self.stem.channels
+            self.proj = nn.Conv2d(channels, hidden_dim, kernel_size=1)
+        else:
+            raise ValueError(f"stem must be 'patch' or 'conv', not {stem!r}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
         self.pos_embed = nn.Parameter(torch.empty(1, self.grid_size**2 + 1, hidden_dim).normal_(std=0.02))
         self.dropout = nn.Dropout(dropout)
-        fan_in = 3 * patch_size * patch_size
+        fan_in = channels * self.proj.kernel_size[0] ** 2
         nn.init.trunc_normal_(self.proj.weight, std=math.sqrt(1 / fan_in))
         nn.init.zeros_(self.proj.bias)
 
@@ -38,9 +45,31 @@ class PatchEmbedding(nn.Module):
             raise ValueError(
                 f"expected images of shape (batch, 3, {self.image_size}, {self.image_size}), "
                 f"got {tuple(x.shape)}; resize the images or build the model with image_size={x.shape[-1]}")
-        x = self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        x = self.proj(self.stem(x)).flatten(2).transpose(1, 2)  # (B, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return self.dropout(torch.cat([cls, x], dim=1) + self.pos_embed)
+
+
+class ConvStem(nn.Module):
+    """Sec. 3.1, hybrid architecture: a small CNN (stride-2 3x3 convolutions, Xiao et al. 2021) turns the
+    image into a feature map with one position per patch; for training from scratch on little data."""
+
+    def __init__(self, patch_size, hidden_dim):
+        super().__init__()
+        stages = int(math.log2(patch_size))
+        if 2**stages != patch_size or patch_size < 2:
+            raise ValueError(f"the conv stem needs a power-of-two patch_size, not {patch_size}")
+        widths = [max(hidden_dim >> (stages - i), 16) for i in range(stages)]  # ... D/4, D/2
+        layers = []
+        for c_in, c_out in zip([3] + widths, widths):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        self.layers, self.channels = nn.Sequential(*layers), widths[-1]
+        for m in self.layers:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        return self.layers(x)
 
 
 class Attention(nn.Module):
@@ -120,14 +149,14 @@ class VisionTransformer(nn.Module):
     """ViT, Eq. 1-4: patch embedding, L encoder blocks, y = LN(z_L^0), then a linear head."""
 
     def __init__(self, image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim,
-                 num_classes=1000, dropout=0.0, attention_dropout=0.0, drop_path=0.0):
+                 num_classes=1000, dropout=0.0, attention_dropout=0.0, drop_path=0.0, stem="patch"):
         super().__init__()
         self.config = dict(image_size=image_size, patch_size=patch_size, num_layers=num_layers,
                            num_heads=num_heads, hidden_dim=hidden_dim, mlp_dim=mlp_dim, num_classes=num_classes,
-                           dropout=dropout, attention_dropout=attention_dropout, drop_path=drop_path)
+                           dropout=dropout, attention_dropout=attention_dropout, drop_path=drop_path, stem=stem)
         self.name, self.classes = None, None
         self.preprocess = default_preprocess(image_size)
-        self.embed = PatchEmbedding(image_size, patch_size, hidden_dim, dropout)
+        self.embed = PatchEmbedding(image_size, patch_size, hidden_dim, dropout, stem)
         # stochastic depth grows linearly with depth, from 0 in the first block to drop_path in the last
         rates = [drop_path * i / max(num_layers - 1, 1) for i in range(num_layers)]
         self.blocks = nn.ModuleList(
@@ -182,21 +211,26 @@ def list_models():
     return list(CONFIGS)
 
 
+def model_config(name, **overrides):
+    """The Table 1 sizes of `name` as VisionTransformer keyword arguments, with overrides applied."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(CONFIGS)}")
+    config = dict(zip(("patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim"), CONFIGS[name]))
+    unknown = set(overrides) - set(config) - {"dropout", "attention_dropout", "drop_path", "stem"}
+    if unknown:
+        raise TypeError(f"unknown override(s) {sorted(unknown)} for build_model")
+    return dict(config, **overrides)
+
+
 def build_model(name, *, num_classes=1000, image_size=None, pretrained=False, **overrides):
     """A Table 1 model by name; pretrained=True for torchvision's weights, or a path to a weights file.
 
     overrides take torchvision's argument names (patch_size, num_layers, num_heads, hidden_dim,
-    mlp_dim) plus dropout, attention_dropout and drop_path.
+    mlp_dim) plus dropout, attention_dropout, drop_path and stem ("patch", or "conv" for Sec. 3.1's hybrid).
     """
     from vit import weights  # weights imports this module
 
-    if name not in CONFIGS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(CONFIGS)}")
-    config = dict(zip(("patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim"), CONFIGS[name]))
-    unknown = set(overrides) - set(config) - {"dropout", "attention_dropout", "drop_path"}
-    if unknown:
-        raise TypeError(f"unknown override(s) {sorted(unknown)} for build_model")
-    config.update(overrides)
+    config = model_config(name, **overrides)
     source = weights.find_pretrained(name, pretrained) if pretrained else None
     if image_size is None:
         image_size = source.image_size if source else 224

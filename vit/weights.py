@@ -47,6 +47,8 @@ class Pretrained:
 
     @property
     def image_size(self):
+        if self.preprocess:  # the size the weights were trained at
+            return self.preprocess["crop_size"]
         patch = self.state_dict["embed.proj.weight"].shape[-1]
         return patch * math.isqrt(self.state_dict["embed.pos_embed"].shape[1] - 1)
 
