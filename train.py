@@ -28,12 +28,11 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from vit import data, plots
-from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from vit.device import pick_device
 from vit.errors import UserError
 from vit.metrics import confusion_matrix
 from vit.model import build_model, list_models
-from vit.weights import CHECKPOINT_FORMAT
 
 # -----------------------------------------------------------------------------
 # Recipes: every flag left out takes its value from the recipe that fits the run.
@@ -349,9 +348,8 @@ def train(args):
                 f"test loss {test_loss:.4f} acc {test_acc:.4f}{' (best)' if is_best else ''} | "
                 f"lr {lr:.2e} | {metrics[-1]['seconds']:.1f}s")
             if is_master():
-                ckpt = {"format": CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
-                        "state_dict": model.state_dict(), "classes": splits.classes, "preprocess": model.preprocess,
-                        "epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                ckpt = {**model_checkpoint(model), "epoch": epoch + 1, "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "metrics": metrics,
                         "best_acc": best_acc, "args": vars(args), "git_commit": commit}
                 save_checkpoint(ckpt, last)

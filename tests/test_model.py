@@ -196,10 +196,10 @@ def test_drop_path_only_in_training():
 
 
 def test_checkpoint_with_a_broken_model_description_is_refused(tmp_path):
-    from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
     model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1)
-    good = {"format": vit.weights.CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
-            "state_dict": model.state_dict(), "classes": ["a", "b"], "preprocess": model.preprocess}
+    model.classes = ["a", "b"]
+    good = model_checkpoint(model)
     save_checkpoint(good, tmp_path / "good.pt")
     rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "good.pt"))
     assert rebuilt.classes == ["a", "b"] and all(torch.equal(v, model.state_dict()[k])
@@ -213,13 +213,13 @@ def test_checkpoint_with_a_broken_model_description_is_refused(tmp_path):
 
 
 def test_conv_stem_hybrid_builds_saves_and_refuses_patch_weights(tmp_path):
-    from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
     torch.manual_seed(0)
     model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1, stem="conv").eval()
     x = torch.randn(2, 3, 32, 32)
     assert model.embed.stem(x).shape == (2, 96, 4, 4)  # three stride-2 stages: one position per 8 x 8 patch
-    ckpt = {"format": vit.weights.CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
-            "state_dict": model.state_dict(), "classes": ["a", "b"], "preprocess": model.preprocess}
+    model.classes = ["a", "b"]
+    ckpt = model_checkpoint(model)
     save_checkpoint(ckpt, tmp_path / "hybrid.pt")
     rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "hybrid.pt")).eval()
     tuned = build_model("vit_ti_16", num_classes=2, pretrained=tmp_path / "hybrid.pt", patch_size=8, num_layers=1,

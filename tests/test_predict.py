@@ -11,7 +11,7 @@ from PIL import Image
 
 import predict as predict_script
 from vit import build_model
-from vit.checkpoint import save_checkpoint
+from vit.checkpoint import model_checkpoint, save_checkpoint
 from vit.data import decode, eval_transform
 from vit.explain import attention_rollout
 from vit.metrics import classification_report, confusion_matrix
@@ -30,10 +30,9 @@ def tiny_model(num_layers=2):
 
 def checkpoint(model):
     """A checkpoint dict as train.py writes it."""
-    return {"format": "vit-checkpoint-1", "model": {"name": model.name, "config": model.config},
-            "state_dict": model.state_dict(), "classes": CLASSES, "preprocess": model.preprocess, "epoch": 1,
-            "optimizer": {}, "scheduler": {}, "scaler": None, "metrics": [], "best_acc": 0.0, "args": {},
-            "git_commit": None}
+    model.classes = CLASSES
+    return {**model_checkpoint(model), "epoch": 1, "optimizer": {}, "scheduler": {}, "scaler": None, "metrics": [],
+            "best_acc": 0.0, "args": {}, "git_commit": None}
 
 
 def write_image(path, seed, size=(40, 30), mode="RGB"):

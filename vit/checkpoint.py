@@ -34,6 +34,12 @@ def load_checkpoint(path):
     return ckpt
 
 
+def model_checkpoint(model):
+    """The part of a checkpoint that model_from_checkpoint rebuilds the model from (train.py adds its state)."""
+    return {"format": CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
+            "state_dict": model.state_dict(), "classes": model.classes, "preprocess": model.preprocess}
+
+
 def model_from_checkpoint(ckpt):
     """Rebuild the model from the checkpoint's configuration and load its weights strictly."""
     try:
