@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from vit import data, plots
+from vit import augment, data, plots
 from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from vit.device import pick_device
 from vit.errors import UserError
@@ -56,7 +56,7 @@ FINETUNE = dict(SCRATCH,  # all weights, starting from pretrained ones (--pretra
     epochs=10, batch_size=32, lr=1e-4, warmup_epochs=1, mixup=0.0)
 LINEAR_PROBE = dict(FINETUNE,  # the new head only, on frozen pretrained features (--pretrained --freeze)
     epochs=20, lr=3e-3, weight_decay=0.0, drop_path=0.0)
-RESUMABLE = ("device", "workers", "compile", "cache_dir", "stop_after")  # --resume takes these from the command line
+RESUMABLE = ("device", "workers", "augment", "compile", "cache_dir", "stop_after")  # --resume takes these from argv
 # -----------------------------------------------------------------------------
 
 
@@ -98,6 +98,9 @@ def parse_args(argv=None):
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--workers", type=int, metavar="N",
                    help="data loader processes (default: 0 on CPU, min(8, cores) on a GPU)")
+    p.add_argument("--augment", choices=("auto", "workers", "device"), default="auto",
+                   help="augment each image in the DataLoader workers, or whole batches on the training device "
+                        "(vit/augment.py); auto: device on CUDA, workers elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--name", metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="where models/ and results/ go (.)")
@@ -290,10 +293,21 @@ def train(args):
         log(f"features: {len(train_set) + len(test_set)} images through the frozen backbone once, "
             f"in {time.perf_counter() - t0:.1f}s")
     workers = 0 if args.freeze else args.workers
-    generator = torch.Generator()
-    sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else None
-    train_loader = DataLoader(train_set, batch_size=args.batch_size // world, shuffle=sampler is None, sampler=sampler,
-                              generator=generator, num_workers=workers, pin_memory=device.type == "cuda")
+    generator, sampler = torch.Generator(), None
+    on_device = not args.freeze and (args.augment == "device" or args.augment == "auto" and device.type == "cuda")
+    if on_device and args.augment == "auto" and not augment.fits(decoded["train"], device):
+        on_device = False
+        log("augment: the padded training images would fill over 1/4 of the free GPU memory; per image instead")
+    if on_device:  # decoded images stay on the device; whole batches are augmented there
+        batch_augment = augment.BatchAugment(model.image_size, pre["mean"], pre["std"]).to(device)
+        train_loader = augment.DeviceLoader(decoded["train"], batch_augment, args.batch_size // world, device,
+                                            generator, world, rank)
+        log(f"augment: whole batches on {device} (vit/augment.py)")
+    else:
+        sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else None
+        train_loader = DataLoader(train_set, batch_size=args.batch_size // world, shuffle=sampler is None,
+                                  sampler=sampler, generator=generator, num_workers=workers,
+                                  pin_memory=device.type == "cuda")
     test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world)), batch_size=2 * args.batch_size,
                              num_workers=workers, pin_memory=device.type == "cuda")
     mix = data.MixupCutmix(len(splits.classes), p=args.mixup) if args.mixup > 0 and not args.freeze else None

@@ -18,7 +18,13 @@ tar czf "$OUT/sweep.tgz" -C /tmp/sweep results $(cd /tmp/sweep && ls *.log)
 # 2. the model alone: ours, torchvision's and timm's, eager and compiled
 timeout 170 python3 bench/gpu.py --compile --json "$OUT/gpu.json" > "$OUT/gpu.md" 2>&1
 
-# 3. end to end: train.py on 4,500 JPEGs (the 20 percent set's training photos, 10 copies), ViT-B/16 and ViT-Ti/16
+# 2b. the input pipeline alone: per-image DataLoader workers against batches augmented on the GPU
+for s in 224 64; do
+  timeout 60 python3 bench/augment.py --device cuda --workers 8 --image-size $s --images 2048 --batches 8 \
+    >> "$OUT/augment.md" 2>&1
+done
+
+# 3. end to end (batches augmented on the GPU, train.py's default there): train.py on 4,500 JPEGs (the 20 percent set's training photos, 10 copies), ViT-B/16 and ViT-Ti/16
 #    with the paper's patch embedding, the model that step 2 times alone
 mkdir -p /tmp/e2e/train /tmp/e2e/test
 for c in pizza steak sushi; do

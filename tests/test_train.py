@@ -273,9 +273,21 @@ def test_huge_learning_rate_diverges_with_a_message(dataset, tmp_path, capsys):
     assert not (tmp_path / "models" / "big.pt").exists()
 
 
-def test_ddp_two_processes_write_once(dataset, tmp_path):
+def test_batches_augmented_on_the_device_learn_too(reference, dataset, tmp_path):
+    result = run_script(*flags(dataset, tmp_path, "--epochs", "4", "--lr", "2e-3", "--name", "dev",
+                               "--augment", "device"))
+    assert result.returncode == 0, result.stderr
+    assert "augment: whole batches on cpu" in result.stdout
+    metrics, per_image = read_metrics(tmp_path, "dev"), read_metrics(reference[0], "ref")
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert metrics[-1]["test_acc"] >= 0.9 and metrics[-1]["train_loss"] != per_image[-1]["train_loss"]
+
+
+@pytest.mark.parametrize("where", ["workers", "device"])
+def test_ddp_two_processes_write_once(where, dataset, tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    result = run_script(*flags(dataset, tmp_path, "--epochs", "1", "--name", "ddp"), launcher=launcher)
+    result = run_script(*flags(dataset, tmp_path, "--epochs", "1", "--name", "ddp", "--augment", where),
+                        launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("epoch 1/1 |") == 1 and "x 2 processes" in result.stdout
     metrics = read_metrics(tmp_path, "ddp")
