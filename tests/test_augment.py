@@ -268,3 +268,21 @@ def test_loader_shards_across_ranks(n):
         shards.append(labels)
     assert set(shards[0] + shards[1]) == set(range(n))
     assert len(set(shards[0]) & set(shards[1])) == n % 2  # disjoint but for the one index padding repeats
+
+
+@pytest.mark.parametrize("path", ["per-sample", "batched"])
+def test_trivial_augment_probability_is_the_share_of_images_changed(path):
+    n, image = 600, torch.full((3, 20, 20), 100, dtype=torch.uint8)  # crops, flips: all leave it as it is
+
+    def changed(p):
+        torch.manual_seed(0)
+        if path == "per-sample":
+            transform = train_transform(16, MEAN, STD, trivial_augment=p, erase_p=0.0)
+            out = torch.stack([transform(image) for _ in range(n)])
+        else:
+            out = BatchAugment(16, MEAN, STD, trivial_augment=p, erase_p=0.0)(*padded([image] * n))
+        return ((levels(out) - 100).abs() > 0.5).flatten(1).any(1).float().mean().item()
+
+    always = changed(1.0)
+    assert changed(0.0) == 0.0 and always > 0.3
+    assert abs(changed(0.5) - always / 2) < 0.06  # 3 sigma of a binomial share over 600 images

@@ -14,7 +14,7 @@ from torchvision.models.vision_transformer import VisionTransformer as Torchvisi
 
 import train
 from vit import data
-from vit.checkpoint import load_checkpoint, model_from_checkpoint
+from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from vit.model import VisionTransformer, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,6 +124,18 @@ def test_interrupted_and_resumed_equals_uninterrupted(reference, dataset, tmp_pa
     for a, b in zip(resumed, uninterrupted):
         for key in KEYS - {"seconds"}:
             assert a[key] == pytest.approx(b[key], abs=1e-4), (a, b)
+
+
+def test_run_saved_before_trivial_augment_was_a_flag_resumes_with_it_on(dataset, tmp_path, capsys):
+    path = tmp_path / "models" / "old.pt"
+    train.main(flags(dataset, tmp_path, "--epochs", "2", "--name", "old", "--stop-after", "1"))
+    old = load_checkpoint(path)
+    assert old["args"]["trivial_augment"] == 0.0  # the from-scratch recipe's
+    del old["args"]["trivial_augment"]
+    save_checkpoint(old, path)
+    train.main(["--resume", str(path), "--device", "cpu"])
+    resumed = load_checkpoint(path)
+    assert resumed["epoch"] == 2 and resumed["args"]["trivial_augment"] == 1.0  # as every run before the flag
 
 
 def test_ctrl_c_keeps_last_epoch_and_says_how_to_resume(dataset, tmp_path, monkeypatch, capsys):

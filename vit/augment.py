@@ -172,12 +172,13 @@ def erase_masks(n, size, p, device, generator=None, scale=(0.02, 0.33), ratio=(0
 class BatchAugment(torch.nn.Module):
     """vit.data.train_transform for a batch: uint8 (B, 3, Hmax, Wmax) and true sizes (B, 2) -> float (B, 3, S, S).
 
-    flip_p and ops (names from OPS to draw from) exist to switch steps off in tests; the defaults are the recipe's.
+    trivial_augment is train_transform's; flip_p and ops (names from OPS to draw from) switch steps off in tests.
     """
 
-    def __init__(self, image_size, mean, std, scale=(0.35, 1.0), erase_p=0.25, flip_p=0.5, ops=OPS, bins=31):
+    def __init__(self, image_size, mean, std, scale=(0.35, 1.0), trivial_augment=1.0, erase_p=0.25, flip_p=0.5,
+                 ops=OPS, bins=31):
         super().__init__()
-        self.image_size = image_size
+        self.image_size, self.trivial_augment = image_size, trivial_augment
         std = torch.tensor(std, dtype=torch.float64).view(3, 1, 1)  # Normalize of x / 255 as one multiply-add
         self.register_buffer("scale_255", (1 / (255 * std)).float(), persistent=False)
         self.register_buffer("shift", (-torch.tensor(mean).view(3, 1, 1) / std).float(), persistent=False)
@@ -192,6 +193,8 @@ class BatchAugment(torch.nn.Module):
         flip = (torch.rand(n, generator=g) < self.flip_p).nonzero().squeeze(1).to(images.device)
         x[flip] = x[flip].flip(-1)
         ops = self.ops[torch.randint(len(self.ops), (n,), generator=g)]
+        if self.trivial_augment < 1:  # the images that get no TrivialAugment op get Identity
+            ops[torch.rand(n, generator=g) >= self.trivial_augment] = OPS.index("Identity")
         mags = self.table[ops, torch.randint(self.table.shape[1], (n,), generator=g)]
         negate = self.signed[ops] & (torch.rand(n, generator=g) <= 0.5)
         x = apply_ops(x, ops, torch.where(negate, -mags, mags))

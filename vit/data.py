@@ -212,12 +212,17 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.transform(self.decoded.images[i]), self.decoded.labels[i]
 
 
-def train_transform(image_size, mean, std, *, scale=(0.35, 1.0), erase_p=0.25):
-    """Per-sample training augmentation of a uint8 tensor or PIL image -> normalised float tensor (3, S, S)."""
+def train_transform(image_size, mean, std, *, scale=(0.35, 1.0), trivial_augment=1.0, erase_p=0.25):
+    """Per-sample training augmentation of a uint8 tensor or PIL image -> normalised float tensor (3, S, S).
+
+    trivial_augment: the probability that an image gets a TrivialAugmentWide op (0: the step is left out).
+    """
+    trivial = v2.TrivialAugmentWide() if trivial_augment >= 1 else v2.RandomApply([v2.TrivialAugmentWide()],
+                                                                                   p=trivial_augment)
     return v2.Compose([
         v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
         v2.RandomHorizontalFlip(),
-        v2.TrivialAugmentWide(),
+        *([trivial] if trivial_augment > 0 else []),
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
