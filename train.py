@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -152,13 +152,13 @@ def all_reduce(t):
 
 
 @torch.no_grad()
-def features(model, dataset, args, device, autocast):
-    """Backbone features of every image, computed once (eval transform, no augmentation), for --freeze."""
+def features(model, images, normalise, args, device, autocast):
+    """Backbone features of every image of data.eval_images, computed once (no augmentation), for --freeze."""
     model.eval()
     feats, labels = [], []
-    for x, y in DataLoader(dataset, batch_size=2 * args.batch_size, num_workers=args.workers):
+    for x, y in DataLoader(images, batch_size=2 * args.batch_size):
         with autocast():
-            feats.append(model.forward_features(x.to(device)).float().cpu())
+            feats.append(model.forward_features(normalise(x.to(device))).float().cpu())
         labels.append(y)
     return TensorDataset(torch.cat(feats), torch.cat(labels))
 
@@ -191,13 +191,16 @@ def train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, device, au
 
 
 @torch.no_grad()
-def evaluate(net, loader, num_classes, device, autocast):
-    """Plain cross-entropy and the confusion matrix over the whole test set (summed over processes)."""
+def evaluate(net, loader, prepare, num_classes, device, autocast):
+    """Plain cross-entropy and the confusion matrix over the whole test set (summed over processes).
+
+    prepare: what turns a batch of the loader into the network's input on the device (here: normalisation).
+    """
     net.eval()
     loss_sum = torch.zeros((), device=device)
     matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         with autocast():
             logits = net(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
@@ -290,11 +293,15 @@ def train(args):
             log(f"  skipped unreadable image {path}: {reason}")
     train_set = data.ImageDataset(decoded["train"], data.train_transform(model.image_size, pre["mean"], pre["std"],
                                                                          trivial_augment=args.trivial_augment))
-    test_set = data.ImageDataset(decoded["test"], data.eval_transform(pre))
+    # evaluation preprocessing is the same every epoch: done once, kept as uint8 crops, normalised per batch
+    test_set = data.eval_images(decoded["test"], pre, range(rank, len(decoded["test"].images), world), args.workers)
+    normalise = data.eval_normalise(pre)
     if args.freeze:  # the frozen backbone sees every image once; epochs then train the head on the features
         t0 = time.perf_counter()
-        train_set = features(model, data.ImageDataset(decoded["train"], test_set.transform), args, device, autocast)
-        test_set = features(model, test_set, args, device, autocast)
+        train_set = features(model, data.eval_images(decoded["train"], pre, workers=args.workers), normalise, args,
+                             device, autocast)
+        test_set = features(model, test_set, normalise, args, device, autocast)
+        normalise = torch.nn.Identity()  # the test set holds features now
         log(f"features: {len(train_set) + len(test_set)} images through the frozen backbone once, "
             f"in {time.perf_counter() - t0:.1f}s")
     workers = 0 if args.freeze else args.workers
@@ -314,8 +321,7 @@ def train(args):
         train_loader = DataLoader(train_set, batch_size=args.batch_size // world, shuffle=sampler is None,
                                   sampler=sampler, generator=generator, num_workers=workers,
                                   pin_memory=device.type == "cuda")
-    test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world)), batch_size=2 * args.batch_size,
-                             num_workers=workers, pin_memory=device.type == "cuda")
+    test_loader = DataLoader(test_set, batch_size=2 * args.batch_size, pin_memory=device.type == "cuda")
     mix = data.MixupCutmix(len(splits.classes), p=args.mixup) if args.mixup > 0 and not args.freeze else None
 
     # optimiser and schedule
@@ -359,7 +365,7 @@ def train(args):
                 kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
                 raise UserError(f"epoch {epoch + 1}: training loss is {train_loss}; the run diverged, lower --lr "
                                 f"(was {args.lr:g}) or lengthen --warmup-epochs; {kept}")
-            test_loss, test_acc, matrix = evaluate(fast, test_loader, len(splits.classes), device, autocast)
+            test_loss, test_acc, matrix = evaluate(fast, test_loader, normalise, len(splits.classes), device, autocast)
             metrics.append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                                 test_acc=test_acc, lr=lr, seconds=time.perf_counter() - t0))
             is_best = test_acc > best_acc

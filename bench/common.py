@@ -1,4 +1,5 @@
 """Shared by the benchmarks: the models to compare, FLOP counts and a timer."""
+import math
 import time
 
 import torchvision
@@ -33,13 +34,21 @@ def forward_flops(config):
     return 2 * macs
 
 
-def timed(fn, steps, warmup, sync=lambda: None):
-    """Seconds per call of fn, after warm-up calls (synchronised where the device is asynchronous)."""
+def timed(fn, steps, warmup, sync=lambda: None, min_seconds=0.0):
+    """Seconds per call of fn, after warm-up calls (synchronised where the device is asynchronous).
+
+    min_seconds: if `steps` calls took less, time again with enough calls to last that long (fast GPU
+    steps are otherwise dominated by the timer's and the launch queue's jitter).
+    """
     for _ in range(warmup):
         fn()
     sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / steps
+    while True:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / steps
+        steps = math.ceil(steps * 1.2 * min_seconds / max(elapsed, 1e-6))

@@ -23,6 +23,7 @@ parser.add_argument("--impls", nargs="+", default=["ours", "torchvision", "timm"
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--steps", type=int, default=20)  # timed steps per case
 parser.add_argument("--warmup", type=int, default=5)
+parser.add_argument("--min-seconds", type=float, default=2.0, help="time more steps where --steps take less")
 parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to start)")
 parser.add_argument("--peak-tflops", type=float, default=790.0)
 parser.add_argument("--json", help="also write the rows to this file")
@@ -58,10 +59,10 @@ def bench(impl, name, compiled):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model.train()
-    t_train = timed(train_step, args.steps, args.warmup, sync)
+    t_train = timed(train_step, args.steps, args.warmup, sync, args.min_seconds)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     model.eval()
-    t_infer = timed(infer_step, args.steps, args.warmup, sync)
+    t_infer = timed(infer_step, args.steps, args.warmup, sync, args.min_seconds)
     train_ips, infer_ips = args.batch / t_train, args.batch / t_infer
     return dict(model=name, impl=impl, mode="compiled" if compiled else "eager",
                 train_img_s=round(train_ips), infer_img_s=round(infer_ips), peak_gib=round(peak, 2),
@@ -72,8 +73,9 @@ rows = []
 print(f"# {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, batch {args.batch}, bf16 autocast", flush=True)
 print("| model | impl | mode | train img/s | inference img/s | peak train GiB | train MFU |")
 print("|---|---|---|---|---|---|---|", flush=True)
-for name in args.models:
-    for compiled in ([False, True] if args.compile else [False]):
+# eager first, then compiled (slow to start), so that a run stopped early still has the eager table
+for compiled in ([False, True] if args.compile else [False]):
+    for name in args.models:
         for impl in args.impls:
             try:
                 row = bench(impl, name, compiled)

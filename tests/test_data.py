@@ -223,6 +223,18 @@ def test_eval_transform_deterministic_on_tensor_and_pil():
     assert out.shape == (3, 16, 16) and torch.allclose(out.mean((1, 2)), expected, atol=1e-4)
 
 
+
+def test_eval_images_normalised_per_batch_equal_the_per_image_transform():
+    preprocess = {"resize_size": 18, "crop_size": 16, "mean": MEAN, "std": STD, "interpolation": "bilinear"}
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 18, 18 + i), dtype=torch.uint8, generator=gen) for i in range(5)]
+    decoded = data.Decoded(images, [0, 1, 0, 1, 1], [f"{i}.png" for i in range(5)])
+    crops = data.eval_images(decoded, preprocess, indices=[1, 3, 4])
+    assert crops.tensors[0].dtype == torch.uint8 and crops.tensors[1].tolist() == [1, 1, 1]
+    per_image = torch.stack([data.eval_transform(preprocess)(images[i]) for i in (1, 3, 4)])
+    assert torch.equal(data.eval_normalise(preprocess)(crops.tensors[0]), per_image)
+    assert len(data.eval_images(decoded, preprocess, indices=[])) == 0  # a process with no test images
+
 # ---- Mixup / CutMix --------------------------------------------------------------------------------------------------
 
 def constant_batch(batch=6, size=12):

@@ -231,16 +231,35 @@ def train_transform(image_size, mean, std, *, scale=(0.35, 1.0), trivial_augment
     ])
 
 
-def eval_transform(preprocess):
-    """Evaluation preprocessing (resize shorter side, center crop, normalise) from a model.preprocess dict."""
+def eval_transform(preprocess, normalise=True):
+    """Evaluation preprocessing (resize shorter side, center crop, normalise) from a model.preprocess dict.
+
+    normalise=False stops at the uint8 crop, for eval_normalise to finish whole batches on the device.
+    """
     return v2.Compose([
         v2.Resize(preprocess["resize_size"], v2.InterpolationMode(preprocess["interpolation"]), antialias=True),
         v2.CenterCrop(preprocess["crop_size"]),
         v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(preprocess["mean"], preprocess["std"]),
+        *([eval_normalise(preprocess)] if normalise else []),
         v2.ToPureTensor(),
     ])
+
+
+def eval_normalise(preprocess):
+    """uint8 image or batch -> float, scaled to [0, 1] and normalised with the model's mean and std."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess["mean"], preprocess["std"])])
+
+
+def eval_images(decoded, preprocess, indices=None, workers=0):
+    """TensorDataset of uint8 (3, crop, crop) evaluation crops and labels, of `indices` (default: all).
+
+    Evaluation preprocessing is the same every epoch, so train.py does it once, not in workers every epoch.
+    """
+    dataset = ImageDataset(decoded, eval_transform(preprocess, normalise=False))
+    loader = torch.utils.data.DataLoader(dataset if indices is None else torch.utils.data.Subset(dataset, indices),
+                                         batch_size=256, num_workers=workers)
+    batches = list(loader) or [(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))]
+    return torch.utils.data.TensorDataset(*(torch.cat(parts) for parts in zip(*batches)))
 
 
 class MixupCutmix:
