@@ -270,6 +270,20 @@ def test_loader_shards_across_ranks(n):
     assert len(set(shards[0]) & set(shards[1])) == n % 2  # disjoint but for the one index padding repeats
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_never_wait_for_the_gpu():
+    """Every copy to the GPU is asynchronous, so the CPU prepares the next batch while the model trains."""
+    images = [noise(3, 20 + i % 5, 20 + i % 7, seed=i) for i in range(64)]
+    d = Decoded(images, list(range(64)), [f"{i}.png" for i in range(64)])
+    loader = DeviceLoader(d, BatchAugment(16, MEAN, STD).cuda(), 32, torch.device("cuda"), torch.Generator())
+    next(iter(loader))  # the first batch may allocate pinned memory
+    torch.cuda.set_sync_debug_mode("error")  # any wait for the GPU raises
+    try:
+        batches = [x for _ in range(3) for x, _ in loader]  # 192 images: every TrivialAugment op drawn
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(batches) == 6 and all(x.shape == (32, 3, 16, 16) and x.is_cuda for x in batches)
+
 @pytest.mark.parametrize("path", ["per-sample", "batched"])
 def test_trivial_augment_probability_is_the_share_of_images_changed(path):
     n, image = 600, torch.full((3, 20, 20), 100, dtype=torch.uint8)  # crops, flips: all leave it as it is

@@ -33,6 +33,14 @@ OPS = tuple(SPACE)
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
 
+def to_device(t, device):
+    """A CPU tensor on `device` without waiting for the GPU: a plain copy to CUDA blocks until every queued
+    kernel has run, so the next batch could not be prepared while the model trains on this one."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def magnitudes(bins=31):
     """The (ops, bins) magnitude table, float32 linspaces as torchvision's (Posterize rounded to whole bits)."""
     table = torch.stack([torch.linspace(lo, hi, bins) for lo, hi, _ in SPACE.values()]).double()
@@ -72,12 +80,12 @@ def resized_crops(images, sizes, top, left, h, w, size):
     """Each image's box resampled to size x size by roi_align (bilinear; a box filter when shrinking) -> uint8."""
     n, _, hmax, wmax = images.shape
     x, b = images.float(), torch.arange(n, device=images.device)
-    hh, ww = sizes.to(images.device).unbind(1)
+    hh, ww = to_device(sizes, images.device).unbind(1)
     # Bilinear samples reach one pixel past the box: copy each image's last column and row there, so padding
     # never leaks in and the edge is clamped, as in torchvision's resize.
     x[b, :, :, ww.clamp(max=wmax - 1)] = x[b, :, :, ww - 1]
     x[b, :, hh.clamp(max=hmax - 1)] = x[b, :, hh - 1]
-    boxes = torch.stack([torch.arange(n), left, top, left + w, top + h], 1).to(x)
+    boxes = to_device(torch.stack([torch.arange(n), left, top, left + w, top + h], 1).float(), x.device)
     out = roi_align(x, boxes, size, spatial_scale=1.0, sampling_ratio=0, aligned=True)  # 0: ceil(box / size)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
@@ -93,7 +101,7 @@ def _affine(images, ops, m):
                          shy - rad.sin(), rad.cos(), shy * size / 2 - ty], 1).view(n, 2, 3).float()
     c = torch.linspace((1 - size) * 0.5, (size - 1) * 0.5, size, device=images.device)  # pixel centres, 0 central
     base = torch.stack([c.expand(size, size), c[:, None].expand(size, size), torch.ones_like(c).expand(size, size)], -1)
-    theta = theta.to(images.device).transpose(1, 2) / (size / 2)
+    theta = to_device(theta, images.device).transpose(1, 2) / (size / 2)
     grid = base.view(1, -1, 3).expand(n, -1, -1).bmm(theta).view(n, size, size, 2)
     out = F.grid_sample(images.float(), grid, mode="nearest", align_corners=False)
     return out.round_().to(torch.uint8)
@@ -108,14 +116,12 @@ def _gray(x):
 def _blend(x, y, factor):
     """x * factor + y * (1 - factor) per sample, clamped and truncated to uint8 as torchvision's _blend."""
     f = factor.view(-1, 1, 1, 1)
-    y = torch.as_tensor(y, device=x.device)
     return x.float().mul_(f.float()).addcmul_(y, (1 - f).float()).clamp_(0, 255).to(torch.uint8)
 
 
 def _sharpness(x, factor):
     """Blend with the 3x3 smoothing filter (5 in the middle) inside a one-pixel border, as adjust_sharpness."""
-    kernel = torch.full((3, 3), 1 / 13, device=x.device)
-    kernel[1, 1] = 5 / 13
+    kernel = to_device(torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13, x.device)
     out = x.float()
     blurred = F.conv2d(out, kernel.expand(3, 1, 3, 3), groups=3).round_()
     inner = out[..., 1:-1, 1:-1]
@@ -130,7 +136,7 @@ def _posterize(x, bits):
 
 
 COLOUR = {  # op: fn(uint8 images, per-sample magnitudes as float64 on their device) -> uint8 images
-    "Brightness": lambda x, m: _blend(x, 0.0, 1 + m),
+    "Brightness": lambda x, m: _blend(x, torch.zeros((), device=x.device), 1 + m),
     "Color": lambda x, m: _blend(x, _gray(x), 1 + m),
     "Contrast": lambda x, m: _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), 1 + m),
     "Sharpness": lambda x, m: _sharpness(x, 1 + m),
@@ -149,9 +155,9 @@ def apply_ops(images, ops, mags):
     for chosen, fn in groups:  # one call per op (one for all geometric ops) on the samples that drew it
         idx = chosen.nonzero().squeeze(1)
         if len(idx):
-            on_dev = idx.to(dev)
+            on_dev = to_device(idx, dev)
             x = images[on_dev]
-            out[on_dev] = _affine(x, ops[idx], mags[idx]) if fn is None else fn(x, mags[idx].to(dev))
+            out[on_dev] = _affine(x, ops[idx], mags[idx]) if fn is None else fn(x, to_device(mags[idx], dev))
     return out
 
 
@@ -164,7 +170,7 @@ def erase_masks(n, size, p, device, generator=None, scale=(0.02, 0.33), ratio=(0
     h = torch.where((u[0] < p) & fits.any(1), h, 0)  # not erased: an empty box
     top, left = (u[1] * (size - h + 1)).floor(), (u[2] * (size - w + 1)).floor()
     r = torch.arange(size, device=device)
-    top, left, h, w = (t.to(device, torch.long)[:, None] for t in (top, left, h, w))
+    top, left, h, w = (to_device(t.long(), device)[:, None] for t in (top, left, h, w))
     rows, cols = (r >= top) & (r < top + h), (r >= left) & (r < left + w)
     return rows[:, :, None] & cols[:, None, :]
 
@@ -190,7 +196,7 @@ class BatchAugment(torch.nn.Module):
         """Each image's valid region is its top-left sizes[i] = (h, w); random numbers come from `generator` (CPU)."""
         n, size, g = len(images), self.image_size, generator
         x = resized_crops(images, sizes, *crop_boxes(sizes, self.scale, generator=g), size)
-        flip = (torch.rand(n, generator=g) < self.flip_p).nonzero().squeeze(1).to(images.device)
+        flip = to_device((torch.rand(n, generator=g) < self.flip_p).nonzero().squeeze(1), images.device)
         x[flip] = x[flip].flip(-1)
         ops = self.ops[torch.randint(len(self.ops), (n,), generator=g)]
         if self.trivial_augment < 1:  # the images that get no TrivialAugment op get Identity
@@ -230,7 +236,7 @@ class DeviceImages:
 
     def batch(self, indices):
         """(images, sizes, labels) of the given indices, on the device."""
-        idx = torch.as_tensor(indices, device=self.images.device)
+        idx = to_device(torch.as_tensor(indices), self.images.device)
         return self.images[idx], self.sizes[idx], self.labels[idx]
 
 
