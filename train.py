@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -28,11 +27,13 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from vit import augment, data, plots
-from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
+from vit.checkpoint import git_commit, load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from vit.device import pick_device
+from vit.distributed import all_reduce, init_processes, is_master, log
 from vit.errors import UserError
 from vit.metrics import confusion_matrix
 from vit.model import build_model, list_models
+from vit.optim import adamw_warmup_cosine
 
 # -----------------------------------------------------------------------------
 # Recipes: every flag left out takes its value from the recipe that fits the run.
@@ -119,38 +120,6 @@ def parse_args(argv=None):
     return args
 
 
-def git_commit():
-    """The repository's current commit, or None outside git."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
-    except OSError:
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def param_groups(module, weight_decay):
-    """AdamW groups: weight matrices decay; norms, biases, class token and position embeddings do not."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
-
-
-def lr_factor(step, warmup, total):
-    """Multiplier of the peak lr: linear warmup over `warmup` steps, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
-
-
-def all_reduce(t):
-    """Sum a tensor over all processes (no-op in a single process)."""
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t
-
-
 @torch.no_grad()
 def features(model, images, normalise, args, device, autocast):
     """Backbone features of every image of data.eval_images, computed once (no augmentation), for --freeze."""
@@ -209,17 +178,6 @@ def evaluate(net, loader, prepare, num_classes, device, autocast):
     return loss_sum / matrix.sum().item(), matrix.diag().sum().item() / matrix.sum().item(), matrix
 
 
-def is_master():
-    """True in the process that prints and writes files (rank 0, or the only process)."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def log(*a):
-    """print, in the master process only."""
-    if is_master():
-        print(*a, flush=True)
-
-
 def train(args):
     """Set up data, model and optimiser from args, run the epochs, write checkpoints and results."""
     ckpt = load_checkpoint(args.resume) if args.resume else None
@@ -244,13 +202,7 @@ def train(args):
         raise UserError(f"{last}: a run of this name exists; pick another --name or continue it with --resume {last}")
 
     # processes and device
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = pick_device(args.device)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    device, world, rank = init_processes(pick_device(args.device))
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
     if args.workers is None:
@@ -329,10 +281,9 @@ def train(args):
     net = fast
     if world > 1:
         net = DistributedDataParallel(fast, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(param_groups(trained, args.weight_decay), lr=args.lr, fused=device.type == "cuda")
     steps = len(train_loader)
-    warmup, total = round(args.warmup_epochs * steps), args.epochs * steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+    optimizer, scheduler = adamw_warmup_cosine(trained, args.lr, args.weight_decay, round(args.warmup_epochs * steps),
+                                               args.epochs * steps, fused=device.type == "cuda")
     metrics, best_acc, start = [], -1.0, 0
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -1,5 +1,6 @@
 """Checkpoints that hold everything needed to rebuild, evaluate and resume a model (as nanoGPT's do)."""
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -57,3 +58,12 @@ def model_from_checkpoint(ckpt):
     if ckpt.get("preprocess"):
         model.preprocess = dict(ckpt["preprocess"])
     return model
+
+
+def git_commit():
+    """The project's current git commit, recorded in checkpoints; None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -1,0 +1,35 @@
+"""Processes for data-parallel training (torchrun): which one this is, summing across them, who prints."""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_processes(device):
+    """(device, world size, rank): under torchrun, join the process group (NCCL on CUDA, gloo elsewhere)
+    and take this process's own GPU; alone, (device, 1, 0)."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, world, rank
+
+
+def all_reduce(t):
+    """Sum a tensor over all processes (no-op in a single process)."""
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def is_master():
+    """True in the process that prints and writes files (rank 0, or the only process)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def log(*a):
+    """print, in the master process only."""
+    if is_master():
+        print(*a, flush=True)
