@@ -122,10 +122,10 @@ def parse_args(argv=None):
 
 @torch.no_grad()
 def features(model, images, normalise, args, device, autocast):
-    """Backbone features of every image of data.eval_images, computed once (no augmentation), for --freeze."""
+    """Backbone features of every (uint8 evaluation crop, label) of `images`, computed once, for --freeze."""
     model.eval()
     feats, labels = [], []
-    for x, y in DataLoader(images, batch_size=2 * args.batch_size):
+    for x, y in DataLoader(images, batch_size=2 * args.batch_size, num_workers=args.workers):
         with autocast():
             feats.append(model.forward_features(normalise(x.to(device))).float().cpu())
         labels.append(y)
@@ -250,8 +250,8 @@ def train(args):
     normalise = data.eval_normalise(pre)
     if args.freeze:  # the frozen backbone sees every image once; epochs then train the head on the features
         t0 = time.perf_counter()
-        train_set = features(model, data.eval_images(decoded["train"], pre, workers=args.workers), normalise, args,
-                             device, autocast)
+        crops = data.ImageDataset(decoded["train"], data.eval_transform(pre, normalise=False))  # streamed, not kept
+        train_set = features(model, crops, normalise, args, device, autocast)
         test_set = features(model, test_set, normalise, args, device, autocast)
         normalise = torch.nn.Identity()  # the test set holds features now
         log(f"features: {len(train_set) + len(test_set)} images through the frozen backbone once, "
