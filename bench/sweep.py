@@ -17,11 +17,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # name: train.py flags on top of the from-scratch defaults
+S64_P8_L6 = ["--image-size", "64", "--patch-size", "8", "--num-layers", "6"]  # the README's from-scratch command
 RECIPES = {
-    "s64-p8-l6": ["--image-size", "64", "--patch-size", "8", "--num-layers", "6"],
-    "s64-p8-l6-seed1": ["--image-size", "64", "--patch-size", "8", "--num-layers", "6", "--seed", "1"],
-    "s64-p8-l6-seed2": ["--image-size", "64", "--patch-size", "8", "--num-layers", "6", "--seed", "2"],
-    "s64-p8-l6-patch": ["--image-size", "64", "--patch-size", "8", "--num-layers", "6", "--stem", "patch"],
+    "s64-p8-l6": S64_P8_L6,
+    "s64-p8-l6-seed1": [*S64_P8_L6, "--seed", "1"],
+    "s64-p8-l6-seed2": [*S64_P8_L6, "--seed", "2"],
+    "s64-p8-l6-patch": [*S64_P8_L6, "--stem", "patch"],
     "s96-p8-l6": ["--image-size", "96", "--patch-size", "8", "--num-layers", "6"],
     "s64-p8-l12": ["--image-size", "64", "--patch-size", "8", "--num-layers", "12"],
     "s128-p16-l6": ["--image-size", "128", "--patch-size", "16", "--num-layers", "6"],

@@ -284,6 +284,7 @@ def test_cuda_batches_never_wait_for_the_gpu():
         torch.cuda.set_sync_debug_mode(0)
     assert len(batches) == 6 and all(x.shape == (32, 3, 16, 16) and x.is_cuda for x in batches)
 
+
 @pytest.mark.parametrize("path", ["per-sample", "batched"])
 def test_trivial_augment_probability_is_the_share_of_images_changed(path):
     n, image = 600, torch.full((3, 20, 20), 100, dtype=torch.uint8)  # crops, flips: all leave it as it is

@@ -223,7 +223,6 @@ def test_eval_transform_deterministic_on_tensor_and_pil():
     assert out.shape == (3, 16, 16) and torch.allclose(out.mean((1, 2)), expected, atol=1e-4)
 
 
-
 def test_eval_images_normalised_per_batch_equal_the_per_image_transform():
     preprocess = {"resize_size": 18, "crop_size": 16, "mean": MEAN, "std": STD, "interpolation": "bilinear"}
     gen = torch.Generator().manual_seed(0)
@@ -234,6 +233,7 @@ def test_eval_images_normalised_per_batch_equal_the_per_image_transform():
     per_image = torch.stack([data.eval_transform(preprocess)(images[i]) for i in (1, 3, 4)])
     assert torch.equal(data.eval_normalise(preprocess)(crops.tensors[0]), per_image)
     assert len(data.eval_images(decoded, preprocess, indices=[])) == 0  # a process with no test images
+
 
 # ---- Mixup / CutMix --------------------------------------------------------------------------------------------------
 
