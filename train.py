@@ -27,7 +27,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from vit import augment, data, plots
-from vit.checkpoint import git_commit, load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
+from vit.checkpoint import CheckpointWriter, git_commit, load_checkpoint, model_checkpoint, model_from_checkpoint
 from vit.device import pick_device
 from vit.distributed import all_reduce, init_processes, is_master, log
 from vit.errors import UserError
@@ -302,6 +302,7 @@ def train(args):
 
     end = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
     matrix = None  # confusion matrix of the latest test pass
+    writer = CheckpointWriter()  # writes in the background while the next epoch trains
     try:
         for epoch in range(start, end):
             t0 = time.perf_counter()
@@ -313,6 +314,7 @@ def train(args):
             train_loss, train_acc = train_epoch(net, train_loader, optimizer, scheduler, scaler, mix, args, device,
                                                 autocast, desc=f"epoch {epoch + 1}/{args.epochs}")
             if not math.isfinite(train_loss):
+                writer.close()
                 kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
                 raise UserError(f"epoch {epoch + 1}: training loss is {train_loss}; the run diverged, lower --lr "
                                 f"(was {args.lr:g}) or lengthen --warmup-epochs; {kept}")
@@ -329,16 +331,16 @@ def train(args):
                         "scheduler": scheduler.state_dict(),
                         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "metrics": metrics,
                         "best_acc": best_acc, "args": vars(args), "git_commit": commit}
-                save_checkpoint(ckpt, last)
-                if is_best:
-                    save_checkpoint(ckpt, best)
+                writer.save(ckpt, *([last, best] if is_best else [last]))
                 results.mkdir(parents=True, exist_ok=True)
                 (results / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     except KeyboardInterrupt:
+        writer.close()
         done = f"epoch {len(metrics)} is saved in {last}; continue with: python train.py --resume {last}"
         log(f"\ninterrupted: {done if last.exists() else 'no epoch finished, nothing was saved'}")
         raise SystemExit(130)
-    finally:  # figures once per session (also after an interruption or a divergence), from the epochs so far
+    finally:  # files once per session (also after an interruption or a divergence), from the epochs so far
+        writer.close()
         if is_master() and metrics:
             plots.plot_curves(metrics, results / "curves.png")
             if matrix is not None:

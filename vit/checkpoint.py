@@ -1,7 +1,9 @@
 """Checkpoints that hold everything needed to rebuild, evaluate and resume a model (as nanoGPT's do)."""
 import os
+import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -23,6 +25,76 @@ def save_checkpoint(obj, path):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def cpu_copy(obj):
+    """A copy of obj's containers with every tensor copied to the CPU, safe from later in-place updates."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+def link_or_copy(src, path):
+    """Atomically make path hold src's bytes: a hard link where the file system has them, else a copy."""
+    tmp = Path(path).with_name(Path(path).name + ".link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, path)
+
+
+class CheckpointWriter:
+    """Writes checkpoints from a background thread, so training does not wait for the disk.
+
+    save() takes a CPU copy of the checkpoint and returns. The thread writes the newest copy for each
+    path (copies that a newer one replaced before their turn are skipped: only when epochs finish faster
+    than the disk writes); one copy saved to several paths is written once and linked. close() returns
+    when everything saved is on disk, and raises a write's error. The thread is not a daemon, so even
+    an interrupted Python finishes the files before it exits.
+    """
+
+    def __init__(self):
+        self.pending, self.lock, self.thread, self.error = {}, threading.Lock(), None, None
+
+    def save(self, obj, *paths):
+        copy = cpu_copy(obj)
+        with self.lock:
+            self.pending.update((Path(p), copy) for p in paths)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._write, name="checkpoint-writer")
+                self.thread.start()
+
+    def _write(self):
+        while True:
+            with self.lock:
+                if not self.pending or self.error:
+                    self.thread = None
+                    return
+                jobs, self.pending = list(self.pending.items()), {}
+            written = {}  # id(copy) -> the path it went to first
+            try:
+                for path, copy in jobs:
+                    if id(copy) in written:
+                        link_or_copy(written[id(copy)], path)
+                    else:
+                        save_checkpoint(copy, path)
+                        written[id(copy)] = path
+            except BaseException as e:
+                self.error = e
+
+    def close(self):
+        """Wait until every saved checkpoint is written; raise the first write error."""
+        while (thread := self.thread) is not None:
+            thread.join()
+        if self.error:
+            error, self.error = self.error, None
+            raise error
 
 
 def load_checkpoint(path):
