@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README, in one call of a lent GPU machine (at most about 9.7 minutes: every step has its own
-# timeout, the most wanted figures first; on 2026-11-27 the whole script took 491 s on an H200):
+# Every GPU figure of the README, in one call of a lent GPU machine (every step has its own timeout, the most wanted
+# figures first; on 2026-11-27 the script without step 2b took 491 s on an H200, so expect about 9 minutes):
 #   bash bench/gpu_session.sh PHOTOS OUT
-# PHOTOS holds pizza_steak_sushi/ and pizza_steak_sushi_20_percent/; OUT receives at most 8 files.
+# PHOTOS holds pizza_steak_sushi/ and pizza_steak_sushi_20_percent/; OUT receives at most 9 files.
 set -u
 PHOTOS=$1 OUT=$2
 export PYTHONUNBUFFERED=1
@@ -43,6 +43,12 @@ for m in ("vit_b_16", "vit_ti_16"):
         print(f"| {m} | epoch {r['epoch']} | {r['seconds']:.2f} s | {(4500 + 150) / r['seconds']:.0f} img/s (train + test) |")
 PY
 
+# 2b. where ViT-Ti/16's end-to-end epoch goes (the lower share in step 2): profiler table and every host-device sync
+step profile
+timeout 60 python3 bench/profile_epoch.py --epoch 3 -- --data /tmp/e2e --model vit_ti_16 --image-size 224 \
+  --patch-size 16 --num-layers 12 --stem patch --epochs 3 --batch-size 128 --out-dir /tmp/e2e-prof --name prof \
+  --cache-dir /tmp/e2e-cache 2>&1 | grep -v "it/s" > "$OUT/profile.txt"
+
 # 3. the tests that need CUDA (GPU against CPU: batch augmentation, predictions, a mixed-precision compiled run)
 step tests
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests -k cuda > "$OUT/cuda-tests.log" 2>&1
@@ -54,7 +60,8 @@ for s in 224 64; do
     >> "$OUT/augment.md" 2>&1
 done
 
-# 5. the from-scratch default with three seeds on both photo sets, all at once (each run ~0.4 s an epoch alone)
+# 5. the from-scratch default with three seeds on both photo sets, all at once (each run ~0.4 s an epoch alone);
+#    last, because the least needed: the call's time limit may cut it
 step sweep
 python3 bench/sweep.py --data "$PHOTOS/pizza_steak_sushi" "$PHOTOS/pizza_steak_sushi_20_percent" \
   --only s64-p8-l6 s64-p8-l6-seed1 s64-p8-l6-seed2 \
