@@ -54,4 +54,4 @@ for name in args.models:
             times[impl, "infer"].append(timed(infer, args.steps, warmup=1))
     for impl in cases:
         ips = [args.batch / statistics.median(times[impl, kind]) for kind in ("train", "infer")]
-        print(f"| {name} | {impl} | {ips[0]:.1f} | {ips[1]:.1f} |", flush=True)
+        print(f"| {name} | {impl} | {ips[0]:.3g} | {ips[1]:.3g} |", flush=True)
