@@ -19,6 +19,9 @@ def test_saved_checkpoints_are_snapshots(tmp_path):
     assert best["w"].eq(0).all() and best["metrics"] == [{"epoch": 1}]
     assert last["w"].eq(1).all() and last["metrics"] == [{"epoch": 1}, {"epoch": 2}]
     assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt"]  # no temporary files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would have made it
 
 
 def test_one_checkpoint_saved_to_two_paths_is_written_once(tmp_path):

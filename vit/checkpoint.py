@@ -13,6 +13,10 @@ from vit.model import VisionTransformer
 from vit.weights import CHECKPOINT_FORMAT, safe_load
 
 
+UMASK = os.umask(0o022)  # read once, in the main thread (os.umask can only read by setting)
+os.umask(UMASK)
+
+
 def save_checkpoint(obj, path):
     """Write atomically: a temporary file in the same folder, then a rename, so a crash leaves the old file."""
     path = Path(path)
@@ -21,6 +25,7 @@ def save_checkpoint(obj, path):
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+        os.chmod(tmp, 0o666 & ~UMASK)  # the permissions of a plainly created file, not mkstemp's owner-only
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
