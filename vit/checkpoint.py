@@ -59,7 +59,8 @@ class CheckpointWriter:
 
     save() takes a CPU copy of the checkpoint and returns. The thread writes the newest copy for each
     path (copies that a newer one replaced before their turn are skipped: only when epochs finish faster
-    than the disk writes); one copy saved to several paths is written once and linked. close() returns
+    than the disk writes, and so at most one copy per path waits in memory besides the one being
+    written); one copy saved to several paths is written once and linked. close() returns
     when everything saved is on disk, and raises a write's error. The thread is not a daemon, so even
     an interrupted Python finishes the files before it exits.
     """
@@ -68,6 +69,9 @@ class CheckpointWriter:
         self.pending, self.lock, self.thread, self.error = {}, threading.Lock(), None, None
 
     def save(self, obj, *paths):
+        with self.lock:  # a copy still waiting for these paths is outdated: free its memory before copying again
+            for path in paths:
+                self.pending.pop(Path(path), None)
         copy = cpu_copy(obj)
         with self.lock:
             self.pending.update((Path(p), copy) for p in paths)
