@@ -25,6 +25,7 @@ parser.add_argument("--steps", type=int, default=20)  # timed steps per case
 parser.add_argument("--warmup", type=int, default=5)
 parser.add_argument("--min-seconds", type=float, default=2.0, help="time more steps where --steps take less")
 parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to start)")
+parser.add_argument("--compile-mode", default="default", help="torch.compile's mode, e.g. max-autotune")
 parser.add_argument("--peak-tflops", type=float, default=790.0)
 parser.add_argument("--json", help="also write the rows to this file")
 parser.add_argument("--device", default="cuda", help="cpu only to smoke-test this script")
@@ -40,7 +41,7 @@ def bench(impl, name, compiled):
     model = make(impl, name).to(device)
     with torch.device("meta"):  # only the configuration is needed, not a second set of weights
         flops = forward_flops(make("ours", name).config)
-    step_model = torch.compile(model) if compiled else model
+    step_model = torch.compile(model, mode=args.compile_mode) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randn(args.batch, 3, 224, 224, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
@@ -70,7 +71,8 @@ def bench(impl, name, compiled):
 
 
 rows = []
-print(f"# {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, batch {args.batch}, bf16 autocast", flush=True)
+print(f"# {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+      f"batch {args.batch}, bf16 autocast, compile mode {args.compile_mode}", flush=True)
 print("| model | impl | mode | train img/s | inference img/s | peak train GiB | train MFU |")
 print("|---|---|---|---|---|---|---|", flush=True)
 # eager first, then compiled (slow to start), so that a run stopped early still has the eager table
