@@ -311,7 +311,10 @@ def test_ddp_two_processes_write_once(where, dataset, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_mixed_precision_run(dataset, tmp_path):
     result = run_script(*flags(dataset, tmp_path, "--epochs", "2", "--name", "gpu", "--device", "cuda",
-                               "--workers", "2", "--compile"))
+                               "--workers", "2", "--compile", "--stop-after", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # resumed (eager: --compile is per session) from a checkpoint the background writer copied off the GPU
+    result = run_script("--resume", str(tmp_path / "models" / "gpu.pt"), "--device", "cuda")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(tmp_path, "gpu")
     assert len(metrics) == 2 and all(math.isfinite(m["train_loss"]) for m in metrics)
