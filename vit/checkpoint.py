@@ -17,19 +17,25 @@ UMASK = os.umask(0o022)  # read once, in the main thread (os.umask can only read
 os.umask(UMASK)
 
 
-def save_checkpoint(obj, path):
-    """Write atomically: a temporary file in the same folder, then a rename, so a crash leaves the old file."""
+def replace_atomically(path, write):
+    """write(tmp) fills a temporary file in path's folder, which then replaces path in one rename: a crash
+    or an error leaves the old file (and no temporary one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        write(tmp)
         os.chmod(tmp, 0o666 & ~UMASK)  # the permissions of a plainly created file, not mkstemp's owner-only
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(obj, path):
+    """torch.save, written atomically (replace_atomically)."""
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def cpu_copy(obj):
@@ -45,13 +51,13 @@ def cpu_copy(obj):
 
 def link_or_copy(src, path):
     """Atomically make path hold src's bytes: a hard link where the file system has them, else a copy."""
-    tmp = Path(path).with_name(Path(path).name + ".link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, path)
+    def write(tmp):
+        os.unlink(tmp)  # os.link makes the name itself
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    replace_atomically(path, write)
 
 
 class CheckpointWriter:
