@@ -105,7 +105,8 @@ def parse_args(argv=None):
     p.add_argument("--augment", choices=("auto", "workers", "device"), default="auto",
                    help="augment each image in the DataLoader workers, or whole batches on the training device "
                         "(vit/augment.py); auto: device on CUDA, workers elsewhere")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (for GPUs: on a CPU it compiles for minutes to gain a few percent)")
     p.add_argument("--name", metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="where models/ and results/ go (.)")
     p.add_argument("--cache-dir", default=str(data.DATA_DIR / ".cache"), metavar="DIR",
