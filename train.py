@@ -27,7 +27,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from vit import augment, data, plots
-from vit.checkpoint import CheckpointWriter, git_commit, load_checkpoint, model_checkpoint, model_from_checkpoint
+from vit.checkpoint import (CheckpointWriter, git_commit, load_checkpoint, model_checkpoint, model_from_checkpoint,
+                            replace_atomically)
 from vit.device import pick_device
 from vit.distributed import all_reduce, init_processes, is_master, log
 from vit.errors import UserError
@@ -333,8 +334,8 @@ def train(args):
                         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "metrics": metrics,
                         "best_acc": best_acc, "args": vars(args), "git_commit": commit}
                 writer.save(ckpt, *([last, best] if is_best else [last]))
-                results.mkdir(parents=True, exist_ok=True)
-                (results / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+                text = json.dumps(metrics, indent=1) + "\n"
+                replace_atomically(results / "metrics.json", lambda tmp: Path(tmp).write_text(text))
     except KeyboardInterrupt:
         writer.close()
         done = f"epoch {len(metrics)} is saved in {last}; continue with: python train.py --resume {last}"

@@ -86,6 +86,7 @@ def test_run_writes_all_outputs_that_load_back(reference, dataset):
     out, _ = reference
     metrics = read_metrics(out, "ref")
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4] and all(set(m) == KEYS for m in metrics)
+    assert sorted(os.listdir(out / "results" / "ref")) == ["confusion_matrix.png", "curves.png", "metrics.json"]
     for png in ("curves.png", "confusion_matrix.png"):
         with Image.open(out / "results" / "ref" / png) as image:
             assert image.format == "PNG" and min(image.size) > 100
