@@ -36,7 +36,7 @@ GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 def to_device(t, device):
     """A CPU tensor on `device` without waiting for the GPU: a plain copy to CUDA blocks until every queued
     kernel has run, so the next batch could not be prepared while the model trains on this one."""
-    if torch.device(device).type != "cuda":
+    if torch.device(device).type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
 
