@@ -9,6 +9,7 @@ training step against a bf16 peak given by --peak-tflops (790 measured on the H2
 import argparse
 import json
 import os
+import statistics
 import sys
 
 import torch
@@ -21,9 +22,10 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--models", nargs="+", default=["vit_b_16", "vit_ti_16"])
 parser.add_argument("--impls", nargs="+", default=["ours", "torchvision", "timm"])
 parser.add_argument("--batch", type=int, default=128)
-parser.add_argument("--steps", type=int, default=20)  # timed steps per case
+parser.add_argument("--steps", type=int, default=20)  # timed steps per case and round
 parser.add_argument("--warmup", type=int, default=5)
-parser.add_argument("--min-seconds", type=float, default=2.0, help="time more steps where --steps take less")
+parser.add_argument("--min-seconds", type=float, default=1.0, help="time more steps where --steps take less")
+parser.add_argument("--rounds", type=int, default=3, help="each case timed this many times in turn; the median counts")
 parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to start)")
 parser.add_argument("--compile-mode", default="default", help="torch.compile's mode, e.g. max-autotune")
 parser.add_argument("--peak-tflops", type=float, default=790.0)
@@ -37,10 +39,15 @@ torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 
 
-def bench(impl, name, compiled):
+def setup(impl, name, compiled):
+    """One case's model, optimiser and batch, warmed up -> (model, train step, inference step, peak training GiB).
+
+    The other cases stay resident while this one runs, so its peak is counted above what they hold."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     model = make(impl, name).to(device)
-    with torch.device("meta"):  # only the configuration is needed, not a second set of weights
-        flops = forward_flops(make("ours", name).config)
     step_model = torch.compile(model, mode=args.compile_mode) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randn(args.batch, 3, 224, 224, device=device)
@@ -57,36 +64,52 @@ def bench(impl, name, compiled):
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
             step_model(x)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     model.train()
-    t_train = timed(train_step, args.steps, args.warmup, sync, args.min_seconds)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    for _ in range(max(args.warmup, 2)):  # 2: the optimiser's state exists
+        train_step()
+    sync()
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**30 if device.type == "cuda" else float("nan")
     model.eval()
-    t_infer = timed(infer_step, args.steps, args.warmup, sync, args.min_seconds)
-    train_ips, infer_ips = args.batch / t_train, args.batch / t_infer
-    return dict(model=name, impl=impl, mode="compiled" if compiled else "eager",
-                train_img_s=round(train_ips), infer_img_s=round(infer_ips), peak_gib=round(peak, 2),
-                train_mfu=round(train_ips * 3 * flops / (args.peak_tflops * 1e12), 3))
+    for _ in range(args.warmup):
+        infer_step()
+    return model, train_step, infer_step, peak
 
 
-rows = []
 print(f"# {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-      f"batch {args.batch}, bf16 autocast, compile mode {args.compile_mode}", flush=True)
+      f"batch {args.batch}, bf16 autocast, compile mode {args.compile_mode}, median of {args.rounds} rounds", flush=True)
 print("| model | impl | mode | train img/s | inference img/s | peak train GiB | train MFU |")
 print("|---|---|---|---|---|---|---|", flush=True)
-# eager first, then compiled (slow to start), so that a run stopped early still has the eager table
+rows = []
+# eager first, then compiled (slow to start), so that a run stopped early still has the eager table. The impls of
+# one model and mode are timed in turn, round after round, and each reports its median: a GPU this fast runs a small
+# ViT as fast as one CPU thread can launch its kernels, and that speed drifts over seconds.
 for compiled in ([False, True] if args.compile else [False]):
+    mode = "compiled" if compiled else "eager"
     for name in args.models:
+        with torch.device("meta"):  # only the configuration is needed, not a second set of weights
+            flops = forward_flops(make("ours", name).config)
+        cases = {}
         for impl in args.impls:
             try:
-                row = bench(impl, name, compiled)
+                cases[impl] = setup(impl, name, compiled)
             except Exception as e:  # e.g. timm not installed: report and go on
-                print(f"| {name} | {impl} | {'compiled' if compiled else 'eager'} | failed: {e!r:.80} |||", flush=True)
-                continue
+                print(f"| {name} | {impl} | {mode} | failed: {e!r:.80} |||", flush=True)
+        times = {impl: ([], []) for impl in cases}
+        for _ in range(args.rounds):
+            for impl, (model, train_step, infer_step, _) in cases.items():
+                model.train()
+                times[impl][0].append(timed(train_step, args.steps, 1, sync, args.min_seconds))
+                model.eval()
+                times[impl][1].append(timed(infer_step, args.steps, 1, sync, args.min_seconds))
+        for impl, (t_train, t_infer) in times.items():
+            train_ips, infer_ips = args.batch / statistics.median(t_train), args.batch / statistics.median(t_infer)
+            row = dict(model=name, impl=impl, mode=mode, train_img_s=round(train_ips), infer_img_s=round(infer_ips),
+                       peak_gib=round(cases[impl][3], 2),
+                       train_mfu=round(train_ips * 3 * flops / (args.peak_tflops * 1e12), 3))
             rows.append(row)
             print("| {model} | {impl} | {mode} | {train_img_s:,} | {infer_img_s:,} | {peak_gib} | {train_mfu:.0%} |"
                   .format(**row), flush=True)
+        del cases, times
 if args.json:
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)
