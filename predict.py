@@ -13,6 +13,7 @@ Unreadable images are reported one line each and skipped; the exit status is the
 import argparse
 import csv
 import glob
+import io
 import json
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from vit.data import class_folders, decode, eval_transform, is_image, list_files
 from vit.device import pick_device
 from vit.errors import UserError
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure
+from vit.files import write_text
 from vit.metrics import classification_report, confusion_matrix, format_report
 from vit.plots import plot_confusion
 
@@ -165,9 +167,8 @@ def evaluate(model, root, device, batch_size, out_dir, failures):
     matrix = confusion_matrix(preds, labels, len(model.classes))
     report = classification_report(matrix, model.classes)
     print(f"evaluation on {split}\n{format_report(report)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     result = dict(report, data=str(split), confusion_matrix=matrix.tolist())
-    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=1))
+    write_text(out_dir / "evaluation.json", json.dumps(result, indent=1) + "\n")
     plot_confusion(matrix, model.classes, out_dir / "confusion_matrix.png")
     print(f"saved {out_dir / 'evaluation.json'} and {out_dir / 'confusion_matrix.png'}")
 
@@ -194,10 +195,10 @@ def run(args):
             save_attention_figure(view, attn_map, title, figures[path].with_name(f"{figures[path].stem}_attention.png"))
         rows.append([str(path)] + [v for pair in zip(names, top_probs) for v in pair])
     if rows and (listing or len(paths) > 1):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "predictions.csv", "w", newline="") as f:
-            header = [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
-            csv.writer(f).writerows([["image"] + header] + rows)
+        header = [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
+        table = io.StringIO(newline="")
+        csv.writer(table).writerows([["image"] + header] + rows)
+        write_text(out_dir / "predictions.csv", table.getvalue())
         print(f"saved {len(rows)} predictions to {out_dir / 'predictions.csv'}", file=sys.stderr)
     if args.evaluate:
         evaluate(model, args.evaluate, device, args.batch_size, out_dir, failures)

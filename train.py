@@ -27,11 +27,11 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from vit import augment, data, plots
-from vit.checkpoint import (CheckpointWriter, git_commit, load_checkpoint, model_checkpoint, model_from_checkpoint,
-                            replace_atomically)
+from vit.checkpoint import CheckpointWriter, git_commit, load_checkpoint, model_checkpoint, model_from_checkpoint
 from vit.device import pick_device
 from vit.distributed import all_reduce, init_processes, is_master, log
 from vit.errors import UserError
+from vit.files import write_text
 from vit.metrics import confusion_matrix
 from vit.model import build_model, list_models
 from vit.optim import adamw_warmup_cosine
@@ -334,8 +334,7 @@ def train(args):
                         "scaler": scaler.state_dict() if scaler.is_enabled() else None, "metrics": metrics,
                         "best_acc": best_acc, "args": vars(args), "git_commit": commit}
                 writer.save(ckpt, *([last, best] if is_best else [last]))
-                text = json.dumps(metrics, indent=1) + "\n"
-                replace_atomically(results / "metrics.json", lambda tmp: Path(tmp).write_text(text))
+                write_text(results / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     except KeyboardInterrupt:
         writer.close()
         done = f"epoch {len(metrics)} is saved in {last}; continue with: python train.py --resume {last}"

@@ -1,10 +1,15 @@
-"""The background checkpoint writer: what it writes is what was saved, and its errors are not lost."""
+"""Files written atomically, and the background checkpoint writer: what it writes is what was saved, and its errors
+are not lost."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from vit.checkpoint import CheckpointWriter
+from vit.files import write_text
+from vit.plots import save_figure
 
 
 def test_saved_checkpoints_are_snapshots(tmp_path):
@@ -39,3 +44,27 @@ def test_write_error_is_raised_by_close(tmp_path):
     with pytest.raises(OSError):
         writer.close()
     writer.close()  # reported once
+
+
+def test_a_figure_interrupted_mid_write_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    path = tmp_path / "curves.png"
+    fig = Figure()
+    fig.subplots().plot([0, 1], [1, 0])
+    save_figure(fig, path)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def killed(self, fname, **kwargs):  # half a file, then Ctrl-C
+        Path(fname).write_bytes(before[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["curves.png"]  # no temporary file left
+
+
+def test_text_files_keep_their_line_endings(tmp_path):
+    write_text(tmp_path / "sub" / "predictions.csv", "image,class_1\r\na.jpg,pizza\r\n")
+    assert (tmp_path / "sub" / "predictions.csv").read_bytes() == b"image,class_1\r\na.jpg,pizza\r\n"

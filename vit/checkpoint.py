@@ -2,35 +2,15 @@
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
 from vit.errors import UserError
+from vit.files import replace_atomically
 from vit.model import VisionTransformer
 from vit.weights import CHECKPOINT_FORMAT, safe_load
-
-
-UMASK = os.umask(0o022)  # read once, in the main thread (os.umask can only read by setting)
-os.umask(UMASK)
-
-
-def replace_atomically(path, write):
-    """write(tmp) fills a temporary file in path's folder, which then replaces path in one rename: a crash
-    or an error leaves the old file (and no temporary one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~UMASK)  # the permissions of a plainly created file, not mkstemp's owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(obj, path):

@@ -3,11 +3,13 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API draws with Agg; pyplot and a display are never touched
 
+from vit.files import replace_atomically
+
 
 def save_figure(fig, path):
-    """Write the figure to path, creating its folder."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    """Write the figure to path (its format from the suffix, PNG by default), atomically."""
+    fmt = Path(path).suffix[1:] or "png"
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))
 
 
 def plot_curves(metrics, path):
