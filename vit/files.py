@@ -1,5 +1,6 @@
-"""Every file the project writes goes through here: a temporary file beside the target, then one rename, so a
-crash or Ctrl-C mid-write leaves the previous file whole (torch-free, so that `vit.compare` starts fast)."""
+"""Files written atomically: a temporary file beside the target, then one rename, so a crash or Ctrl-C mid-write
+leaves the previous file whole. Every file train.py and predict.py write goes through here (kept apart from
+vit.checkpoint so that saving a figure does not import torchvision)."""
 import os
 import tempfile
 from pathlib import Path
