@@ -31,7 +31,7 @@ from vit.checkpoint import CheckpointWriter, git_commit, load_checkpoint, model_
 from vit.device import pick_device
 from vit.distributed import all_reduce, init_processes, is_master, log
 from vit.errors import UserError
-from vit.files import write_text
+from vit.files import make_folders, write_text
 from vit.metrics import confusion_matrix
 from vit.model import build_model, list_models
 from vit.optim import adamw_warmup_cosine
@@ -202,6 +202,7 @@ def train(args):
     results = out / "results" / args.name
     if last.exists() and not ckpt:
         raise UserError(f"{last}: a run of this name exists; pick another --name or continue it with --resume {last}")
+    make_folders(last.parent, results)
 
     # processes and device
     device, world, rank = init_processes(pick_device(args.device))

@@ -7,8 +7,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from vit import UserError
 from vit.checkpoint import CheckpointWriter
-from vit.files import write_text
+from vit.files import replace_atomically, write_text
 from vit.plots import save_figure
 
 
@@ -41,7 +42,7 @@ def test_write_error_is_raised_by_close(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     writer = CheckpointWriter()
     writer.save({"w": torch.zeros(3)}, tmp_path / "file" / "last.pt")
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=f"^{tmp_path / 'file' / 'last.pt'}: cannot write"):
         writer.close()
     writer.close()  # reported once
 
@@ -68,3 +69,13 @@ def test_a_figure_interrupted_mid_write_leaves_the_old_one_whole(tmp_path, monke
 def test_text_files_keep_their_line_endings(tmp_path):
     write_text(tmp_path / "sub" / "predictions.csv", "image,class_1\r\na.jpg,pizza\r\n")
     assert (tmp_path / "sub" / "predictions.csv").read_bytes() == b"image,class_1\r\na.jpg,pizza\r\n"
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_no_temporary_file(tmp_path):
+    def no_room(tmp):
+        Path(tmp).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError, match=f"^{tmp_path / 'm.json'}: cannot write \\(No space left on device\\); check"):
+        replace_atomically(tmp_path / "m.json", no_room)
+    assert os.listdir(tmp_path) == []

@@ -2,6 +2,7 @@
 import functools
 import io
 import os
+import re
 import threading
 import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -184,6 +185,14 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     third = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
     assert third.images[0][:, 0, 0].tolist() == [0, 255, 0]
     assert len(list(cache.glob("*.pt"))) == 2
+
+
+def test_a_cache_that_cannot_be_written_warns_and_decodes(tmp_path, capsys):
+    make_tree(tmp_path / "ds", classes=("a", "b"), per_class=2)
+    (tmp_path / "cache").write_text("a file, not a folder")
+    decoded = data.load_split(tmp_path / "ds" / "train", ["a", "b"], size=8, cache_dir=tmp_path / "cache")
+    assert len(decoded.images) == 4
+    assert re.match(f"warning: {tmp_path / 'cache'}/\\w+\\.pt: cannot write .*decoded again", capsys.readouterr().err)
 
 
 def test_image_dataset(tmp_path):

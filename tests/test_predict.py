@@ -123,6 +123,15 @@ def test_single_image_table_and_save_path(ckpt, tmp_path, capsys):
     assert figure.is_file() and not (tmp_path / "figs" / "predictions.csv").exists()
 
 
+def test_a_save_path_that_cannot_be_written_is_one_line(ckpt, tmp_path, capsys):
+    image = write_image(tmp_path / "one.jpg", 3)
+    (tmp_path / "a_file").write_text("")
+    result = predict_here(capsys, "--model", ckpt[0], image, "--save", tmp_path / "a_file" / "fig.png")
+    assert_clean_failure(result)
+    assert result.stderr == f"error: {tmp_path / 'a_file' / 'fig.png'}: cannot write ({tmp_path / 'a_file'} is a " \
+        "file, not a folder); check that its folder is writable and the disk has room\n"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_predictions_and_rollout_match_the_cpu(ckpt, tmp_path, capsys):
     path, model = ckpt

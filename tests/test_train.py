@@ -251,6 +251,15 @@ def test_bad_flags_are_one_line_errors(extra, message, dataset, tmp_path, capsys
     assert exit_.value.code == 2 and re.match("error: " + message, err), err
 
 
+def test_out_dir_that_cannot_hold_folders_stops_before_training(dataset, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(dataset, tmp_path, "--out-dir", str(tmp_path / "a_file")))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err == f"error: {tmp_path / 'a_file' / 'models'}: cannot create this folder " \
+        f"({tmp_path / 'a_file'} is a file, not a folder); choose another place to write (--out-dir)\n", err
+
+
 def test_existing_run_is_not_overwritten(reference, dataset, capsys):
     out = reference[0]
     before = (out / "models" / "ref.pt").read_bytes()

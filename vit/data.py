@@ -195,7 +195,11 @@ def load_split(split_dir, classes, size, cache_dir=None):
             raise UserError(f"{split_dir / name}: none of its images could be decoded; "
                             "replace them or remove the folder")
     if cache is not None:
-        save_checkpoint(vars(out), cache)  # atomic, so runs sharing the cache never read half a file
+        try:
+            save_checkpoint(vars(out), cache)  # atomic, so runs sharing the cache never read half a file
+        except UserError as e:  # a cache that cannot be written costs the next run time, not this run
+            print(f"warning: {e}; the images will be decoded again next time (or choose --cache-dir)",
+                  file=sys.stderr)
     return out
 
 

@@ -5,24 +5,46 @@ import os
 import tempfile
 from pathlib import Path
 
+from vit.errors import UserError
+
 UMASK = os.umask(0o022)  # read once, in the main thread (os.umask can only read by setting)
 os.umask(UMASK)
 
 
+def _why(error, folder):
+    """What stopped a write to folder, in words: a file standing where a folder should be, else the OS's reason."""
+    existing = next(p for p in (Path(folder), *Path(folder).absolute().parents) if p.exists())
+    return f"{existing} is a file, not a folder" if not existing.is_dir() else error.strerror or str(error)
+
+
 def replace_atomically(path, write):
     """write(tmp) fills a temporary file in path's folder, which then replaces path in one rename: a crash
-    or an error leaves the old file (and no temporary one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    or an error leaves the old file (and no temporary one). A file-system error becomes a UserError."""
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~UMASK)  # the permissions of a plainly created file, not mkstemp's owner-only
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # no room, no permission, a file where a folder should be
+            raise UserError(f"{path}: cannot write ({_why(e, path.parent)}); "
+                            "check that its folder is writable and the disk has room") from None
         raise
+
+
+def make_folders(*folders):
+    """Create the folders a run will write to now, so that an unusable path stops it before it starts."""
+    for folder in folders:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{folder}: cannot create this folder ({_why(e, folder)}); "
+                            "choose another place to write (--out-dir)") from None
 
 
 def write_text(path, text):
