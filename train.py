@@ -15,7 +15,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,8 +26,9 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from vit import augment, data, plots
-from vit.checkpoint import CheckpointWriter, git_commit, load_checkpoint, model_checkpoint, model_from_checkpoint
-from vit.device import pick_device
+from vit.checkpoint import (CheckpointWriter, git_commit, load_checkpoint, model_from_checkpoint, restore_training,
+                            resumed_args, training_checkpoint)
+from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, init_processes, is_master, log
 from vit.errors import UserError
 from vit.files import make_folders, write_text
@@ -184,10 +184,7 @@ def train(args):
     """Set up data, model and optimiser from args, run the epochs, write checkpoints and results."""
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt:  # the run's own settings, except the flags that may change between sessions
-        runtime = {k: getattr(args, k) for k in RESUMABLE}
-        args = argparse.Namespace(**{"trivial_augment": 1.0,  # runs saved before the flag used it on every image
-                                     **ckpt["args"], **runtime, "resume": args.resume})
-        args.out_dir = str(Path(args.resume).resolve().parent.parent)  # keep writing next to the checkpoint
+        args = resumed_args(ckpt, args, RESUMABLE)
     root = data.resolve_data(args.data)
     splits = data.find_splits(root)
     args.data = str(root.resolve())  # recorded in checkpoints, so --resume works from any folder
@@ -210,10 +207,7 @@ def train(args):
         raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
     if args.workers is None:
         args.workers = 0 if device.type == "cpu" else min(8, os.cpu_count())
-    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if device.type == "cuda" else None
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else nullcontext
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast, scaler = mixed_precision(device)
 
     # model
     torch.manual_seed(args.seed)
@@ -233,7 +227,8 @@ def train(args):
         model.requires_grad_(False)
         trained.requires_grad_(True)
 
-    # data: decode once (shorter side = the eval resize, so eval preprocessing is exact), augment per sample
+    # data: decode once (shorter side = the eval resize, so eval preprocessing is exact), then augment per
+    # sample in DataLoader workers, or per batch on the device (vit/augment.py)
     if rank > 0:
         dist.barrier()  # rank 0 decodes first and fills the cache, the others then read it
     decoded = {split: data.load_split(d, splits.classes, model.preprocess["resize_size"], args.cache_dir)
@@ -287,13 +282,7 @@ def train(args):
     steps = len(train_loader)
     optimizer, scheduler = adamw_warmup_cosine(trained, args.lr, args.weight_decay, round(args.warmup_epochs * steps),
                                                args.epochs * steps, fused=device.type == "cuda")
-    metrics, best_acc, start = [], -1.0, 0
-    if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
-        metrics, best_acc, start = list(ckpt["metrics"]), ckpt["best_acc"], ckpt["epoch"]
+    metrics, best_acc, start = restore_training(ckpt, optimizer, scheduler, scaler) if ckpt else ([], -1.0, 0)
 
     commit = git_commit()  # once per session, not per checkpoint
     n_params = sum(p.numel() for p in model.parameters())
@@ -330,10 +319,8 @@ def train(args):
                 f"test loss {test_loss:.4f} acc {test_acc:.4f}{' (best)' if is_best else ''} | "
                 f"lr {lr:.2e} | {metrics[-1]['seconds']:.1f}s")
             if is_master():
-                ckpt = {**model_checkpoint(model), "epoch": epoch + 1, "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict() if scaler.is_enabled() else None, "metrics": metrics,
-                        "best_acc": best_acc, "args": vars(args), "git_commit": commit}
+                ckpt = training_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch + 1, metrics=metrics,
+                                           best_acc=best_acc, args=args, commit=commit)
                 writer.save(ckpt, *([last, best] if is_best else [last]))
                 write_text(results / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
 """Checkpoints that hold everything needed to rebuild, evaluate and resume a model (as nanoGPT's do)."""
+import argparse
 import os
 import shutil
 import subprocess
@@ -106,6 +107,32 @@ def model_checkpoint(model):
     """The part of a checkpoint that model_from_checkpoint rebuilds the model from (train.py adds its state)."""
     return {"format": CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
             "state_dict": model.state_dict(), "classes": model.classes, "preprocess": model.preprocess}
+
+
+def training_checkpoint(model, optimizer, scheduler, scaler, *, epoch, metrics, best_acc, args, commit):
+    """model_checkpoint plus what --resume needs: epochs done, optimiser, schedule, gradient scaler, metrics,
+    best test accuracy, the run's arguments and the project's git commit."""
+    return {**model_checkpoint(model), "epoch": epoch, "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "metrics": metrics, "best_acc": best_acc, "args": vars(args), "git_commit": commit}
+
+
+def restore_training(ckpt, optimizer, scheduler, scaler):
+    """Load a training_checkpoint's state into optimizer, scheduler and scaler -> (metrics, best_acc, epoch)."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt["scaler"]:
+        scaler.load_state_dict(ckpt["scaler"])
+    return list(ckpt["metrics"]), ckpt["best_acc"], ckpt["epoch"]
+
+
+def resumed_args(ckpt, args, keep):
+    """The checkpointed run's arguments, except the flags named in `keep`, which come from `args` (this command
+    line); files go on being written next to the checkpoint."""
+    saved = {"trivial_augment": 1.0, **ckpt["args"]}  # runs saved before that flag used it on every image
+    resumed = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in keep}, "resume": args.resume})
+    resumed.out_dir = str(Path(args.resume).resolve().parent.parent)
+    return resumed
 
 
 def model_from_checkpoint(ckpt):

@@ -1,4 +1,6 @@
-"""Choosing the device from a --device flag, shared by train.py and predict.py."""
+"""Choosing the device from a --device flag (train.py and predict.py) and its training precision."""
+from contextlib import nullcontext
+
 import torch
 
 from vit.errors import UserError
@@ -23,3 +25,14 @@ def pick_device(name):
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: MPS (Apple GPU) is not available; use --device cpu (or auto)")
     return device
+
+
+def mixed_precision(device):
+    """(autocast, scaler) for training on `device`: bf16 autocast on CUDA, fp16 with a gradient scaler where bf16
+    is missing (the scaler does nothing otherwise), full precision elsewhere; TF32 matmuls allowed on CUDA."""
+    dtype = None
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else nullcontext
+    return autocast, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
