@@ -7,8 +7,9 @@ RandomResizedCrop, horizontal flip, TrivialAugmentWide (14 ops, 31 magnitude bin
 values rounded, clamped and truncated as torchvision's uint8 kernels), to float, Normalize, RandomErasing
 (value 0). DeviceLoader shuffles, shards and batches them in place of DataLoader and DistributedSampler.
 
-Random parameters are drawn on the CPU (torch's global RNG or a torch.Generator), so a seed gives the same
-batch twice, on any device (not the per-sample path's batch: the draws differ). The one difference from
+Random parameters are drawn on the CPU (torch's global RNG or a torch.Generator) and reach the device in one
+copy per batch (two more with TrivialAugment), so a seed gives the same batch twice, on any device (not the
+per-sample path's batch: the draws differ), and the GPU is never waited for. The one difference from
 the per-sample path is the crop's resampling: roi_align (bilinear, ceil(box / size) samples per output
 pixel and axis: a box filter when shrinking) where torchvision's antialiased resize uses a triangle filter,
 so shrunk crops differ by a few levels, and the outermost output pixels also read the image pixel just
@@ -76,16 +77,18 @@ def crop_boxes(sizes, scale, ratio=(3 / 4, 4 / 3), generator=None):
     return top.long(), left.long(), h.long(), w.long()
 
 
-def resized_crops(images, sizes, top, left, h, w, size):
-    """Each image's box resampled to size x size by roi_align (bilinear; a box filter when shrinking) -> uint8."""
+def resized_crops(images, sizes, boxes, size):
+    """Each image's box resampled to size x size by roi_align (bilinear; a box filter when shrinking) -> uint8.
+
+    sizes: each image's true (h, w), boxes: (index, left, top, right, bottom) per image, both float on the device.
+    """
     n, _, hmax, wmax = images.shape
     x, b = images.float(), torch.arange(n, device=images.device)
-    hh, ww = to_device(sizes, images.device).unbind(1)
+    hh, ww = sizes.long().unbind(1)
     # Bilinear samples reach one pixel past the box: copy each image's last column and row there, so padding
     # never leaks in and the edge is clamped, as in torchvision's resize.
     x[b, :, :, ww.clamp(max=wmax - 1)] = x[b, :, :, ww - 1]
     x[b, :, hh.clamp(max=hmax - 1)] = x[b, :, hh - 1]
-    boxes = to_device(torch.stack([torch.arange(n), left, top, left + w, top + h], 1).float(), x.device)
     out = roi_align(x, boxes, size, spatial_scale=1.0, sampling_ratio=0, aligned=True)  # 0: ceil(box / size)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
@@ -152,25 +155,31 @@ def apply_ops(images, ops, mags):
     out, dev = images.clone(), images.device
     groups = [(torch.isin(ops, torch.tensor([OPS.index(name) for name in GEOMETRIC])), None)]
     groups += [(ops == OPS.index(name), fn) for name, fn in COLOUR.items()]
-    for chosen, fn in groups:  # one call per op (one for all geometric ops) on the samples that drew it
-        idx = chosen.nonzero().squeeze(1)
-        if len(idx):
-            on_dev = to_device(idx, dev)
-            x = images[on_dev]
-            out[on_dev] = _affine(x, ops[idx], mags[idx]) if fn is None else fn(x, to_device(mags[idx], dev))
+    groups = [(chosen.nonzero().squeeze(1), fn) for chosen, fn in groups if chosen.any()]
+    if not groups:
+        return out
+    order = torch.cat([idx for idx, _ in groups])  # the samples of every op, in one copy to the device
+    counts = [len(idx) for idx, _ in groups]
+    on_dev, mags_dev = to_device(order, dev).split(counts), to_device(mags[order], dev).split(counts)
+    for (idx, fn), i, m in zip(groups, on_dev, mags_dev):  # one call per op (all geometric ops: one)
+        out[i] = _affine(images[i], ops[idx], mags[idx]) if fn is None else fn(images[i], m)
     return out
 
 
-def erase_masks(n, size, p, device, generator=None, scale=(0.02, 0.33), ratio=(0.3, 3.3)):
-    """RandomErasing's boxes for n images of size x size, each erased with probability p -> bool (n, size, size)."""
+def erase_boxes(n, size, p, generator=None, scale=(0.02, 0.33), ratio=(0.3, 3.3)):
+    """RandomErasing's boxes for n images of size x size, each erased with probability p -> top, left, h, w."""
     w, h = _proposals(torch.full((n,), size * size), scale, ratio, generator)  # torchvision: h = sqrt(area * ratio)
     fits = (h < size) & (w < size)
     h, w = _first(fits, h), _first(fits, w)
     u = torch.rand(3, n, dtype=torch.float64, generator=generator)
     h = torch.where((u[0] < p) & fits.any(1), h, 0)  # not erased: an empty box
-    top, left = (u[1] * (size - h + 1)).floor(), (u[2] * (size - w + 1)).floor()
-    r = torch.arange(size, device=device)
-    top, left, h, w = (to_device(t.long(), device)[:, None] for t in (top, left, h, w))
+    return (u[1] * (size - h + 1)).floor(), (u[2] * (size - w + 1)).floor(), h, w
+
+
+def box_masks(boxes, size):
+    """(n, 4) top, left, h, w on the device -> bool (n, size, size), True inside each box."""
+    r = torch.arange(size, device=boxes.device)
+    top, left, h, w = boxes[:, :, None].unbind(1)
     rows, cols = (r >= top) & (r < top + h), (r >= left) & (r < left + w)
     return rows[:, :, None] & cols[:, None, :]
 
@@ -195,17 +204,24 @@ class BatchAugment(torch.nn.Module):
     def forward(self, images, sizes, generator=None):
         """Each image's valid region is its top-left sizes[i] = (h, w); random numbers come from `generator` (CPU)."""
         n, size, g = len(images), self.image_size, generator
-        x = resized_crops(images, sizes, *crop_boxes(sizes, self.scale, generator=g), size)
-        flip = to_device((torch.rand(n, generator=g) < self.flip_p).nonzero().squeeze(1), images.device)
-        x[flip] = x[flip].flip(-1)
+        sizes = sizes.cpu()
+        top, left, h, w = crop_boxes(sizes, self.scale, generator=g)
+        flip = torch.rand(n, generator=g) < self.flip_p
         ops = self.ops[torch.randint(len(self.ops), (n,), generator=g)]
         if self.trivial_augment < 1:  # the images that get no TrivialAugment op get Identity
             ops[torch.rand(n, generator=g) >= self.trivial_augment] = OPS.index("Identity")
         mags = self.table[ops, torch.randint(self.table.shape[1], (n,), generator=g)]
         negate = self.signed[ops] & (torch.rand(n, generator=g) <= 0.5)
-        x = apply_ops(x, ops, torch.where(negate, -mags, mags))
+        erase = erase_boxes(n, size, self.erase_p, g)
+        # every per-sample number the device needs, in one copy: sizes, crop box, flip, erasing box
+        params = torch.stack([*sizes.unbind(1), torch.arange(n), left, top, left + w, top + h, flip, *erase], 1)
+        params = to_device(params.float(), images.device)  # whole numbers, exact in float32 up to 2^24
+        x = resized_crops(images, params[:, :2], params[:, 2:7], size)
+        x = torch.where(params[:, 7, None, None, None] > 0, x.flip(-1), x)
+        if (ops != OPS.index("Identity")).any():
+            x = apply_ops(x, ops, torch.where(negate, -mags, mags))
         x = torch.addcmul(self.shift.to(x.device), x, self.scale_255.to(x.device))  # to float [0, 1], Normalize
-        return x.masked_fill_(erase_masks(n, size, self.erase_p, images.device, g)[:, None], 0.0)
+        return x.masked_fill_(box_masks(params[:, 8:], size)[:, None], 0.0)
 
 
 def padded_bytes(decoded):
