@@ -258,6 +258,17 @@ def test_loader_covers_every_index_once_per_epoch():
     assert len(DeviceLoader(decoded(10), plain(8), 4, "cpu", torch.Generator(), drop_last=True)) == 2
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_loader_batches_are_the_same_augmented_one_or_several_at_a_time(drop_last):
+    per_batch = 4 * 3 * 8 * 9  # floats in 4 padded images
+    loaders = [DeviceLoader(decoded(11), plain(8), 4, "cpu", torch.Generator().manual_seed(0), drop_last=drop_last,
+                            floats_per_call=limit) for limit in (1, 2 * per_batch, 10**9)]
+    assert [loader.batches_per_call for loader in loaders] == [1, 2, 10**9 // per_batch]
+    epochs = [epoch_labels(loader) for loader in loaders]
+    assert epochs[0] == epochs[1] == epochs[2]  # same order, same batch shapes
+    assert epochs[0][1] == [(4, 3, 8, 8)] * 2 + ([] if drop_last else [(3, 3, 8, 8)])
+
+
 @pytest.mark.parametrize("n", [10, 11])
 def test_loader_shards_across_ranks(n):
     shards = []

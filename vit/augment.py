@@ -155,7 +155,7 @@ def apply_ops(images, ops, mags):
     out, dev = images.clone(), images.device
     groups = [(torch.isin(ops, torch.tensor([OPS.index(name) for name in GEOMETRIC])), None)]
     groups += [(ops == OPS.index(name), fn) for name, fn in COLOUR.items()]
-    groups = [(chosen.nonzero().squeeze(1), fn) for chosen, fn in groups if chosen.any()]
+    groups = [(idx, fn) for idx, fn in ((chosen.nonzero().squeeze(1), fn) for chosen, fn in groups) if len(idx)]
     if not groups:
         return out
     order = torch.cat([idx for idx, _ in groups])  # the samples of every op, in one copy to the device
@@ -261,14 +261,19 @@ class DeviceLoader:
 
     With world_size > 1 each rank takes every world_size-th index of the permutation, padded to equal shares,
     like DistributedSampler. The augmentation draws from torch's global RNG: seed it differently per rank.
+    Consecutive batches are augmented in one call where their padded images hold at most floats_per_call values
+    (2^26: 256 MB as float32; 225 photos at 64 px fit at once, 2 batches of 128 at 224 px): the host's work per
+    call hardly depends on its size, and small models on a GPU wait for the host.
     """
 
-    def __init__(self, decoded, augment, batch_size, device, generator, world_size=1, rank=0, drop_last=False):
+    def __init__(self, decoded, augment, batch_size, device, generator, world_size=1, rank=0, drop_last=False,
+                 floats_per_call=2**26):
         self.data = decoded if isinstance(decoded, DeviceImages) else DeviceImages(decoded, device)
         self.sizes = self.data.sizes.cpu()  # crop parameters are drawn on the CPU: no device sync per batch
         self.augment, self.batch_size, self.generator = augment, batch_size, generator
         self.world_size, self.rank, self.drop_last = world_size, rank, drop_last
         self.per_rank = math.ceil(len(self.data) / world_size)
+        self.batches_per_call = max(1, floats_per_call // (self.data.images[0].numel() * batch_size))
 
     def __len__(self):
         return self.per_rank // self.batch_size if self.drop_last else math.ceil(self.per_rank / self.batch_size)
@@ -277,7 +282,8 @@ class DeviceLoader:
         order = torch.randperm(len(self.data), generator=self.generator)
         total = self.per_rank * self.world_size
         order = order.repeat(math.ceil(total / len(order)))[:total][self.rank::self.world_size]
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        for first in range(0, len(self), self.batches_per_call):
+            end = min(first + self.batches_per_call, len(self))
+            idx = order[first * self.batch_size:end * self.batch_size]
             images, _, labels = self.data.batch(idx)
-            yield self.augment(images, self.sizes[idx]), labels
+            yield from zip(self.augment(images, self.sizes[idx]).split(self.batch_size), labels.split(self.batch_size))
