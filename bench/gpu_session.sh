@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure of the README, in one call of a lent GPU machine (every step has its own timeout, the most wanted
-# figures first; the timeouts add up to 555 s, so a 600 s call holds them all):
+# figures first; the timeouts add up to 580 s, so a 600 s call holds them all):
 #   bash bench/gpu_session.sh PHOTOS OUT
-# PHOTOS holds pizza_steak_sushi_20_percent/ (the e2e JPEGs); OUT receives at most 8 files.
+# PHOTOS holds pizza_steak_sushi_20_percent/ (the e2e JPEGs); OUT receives at most 9 files.
 set -u
 PHOTOS=$1 OUT=$2
 export PYTHONUNBUFFERED=1
@@ -52,6 +52,10 @@ timeout 45 python3 bench/gpu.py --models vit_ti_16 --impls ours --batch 512 > "$
 # 3. the tests that need CUDA (GPU against CPU: batch augmentation, predictions, a mixed-precision compiled run)
 step tests
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests -k cuda > "$OUT/cuda-tests.log" 2>&1
+
+# 3b. the operators a training step dispatches on CUDA (fused AdamW; bench/README.md has the CPU's counts)
+step host_ops
+timeout 25 python3 bench/host_ops.py --device cuda > "$OUT/host_ops.md" 2>/dev/null
 
 # 4. the input pipeline alone: per-image DataLoader workers against batches augmented on the GPU (224 px; 64 px is in
 #    bench/README.md from 2026-11-27)
