@@ -3,8 +3,9 @@
     python bench/sweep.py --data ROOT [ROOT ...] --out runs/ [--parallel 8] [--only NAME ...]
     python bench/sweep.py --out runs/ --table        # the table of runs already done
 
-Used to choose train.py's from-scratch defaults (README, "Training from scratch"). Reports the final
-epoch's test accuracy and the mean of the last 10 epochs, not the best epoch (that would pick on test).
+Used to choose train.py's from-scratch defaults (README, "From scratch on 225 photos"; every measurement is in
+docs/from-scratch.md). Reports the final epoch's test accuracy and the mean of the last 10 epochs, not the best
+epoch (that would pick on test).
 """
 import argparse
 import json
