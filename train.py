@@ -169,14 +169,14 @@ def evaluate(net, loader, prepare, num_classes, device, autocast):
     """
     net.eval()
     loss_sum = torch.zeros((), device=device)
-    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)  # no GPU waits per batch
     for x, y in loader:
         x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         with autocast():
             logits = net(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         matrix += confusion_matrix(logits.argmax(1), y, num_classes)
-    loss_sum, matrix = all_reduce(loss_sum).item(), all_reduce(matrix.to(device)).cpu()
+    loss_sum, matrix = all_reduce(loss_sum).item(), all_reduce(matrix).cpu()
     return loss_sum / matrix.sum().item(), matrix.diag().sum().item() / matrix.sum().item(), matrix
 
 

@@ -256,6 +256,18 @@ def test_evaluate_reports_bad_folders_and_images(ckpt, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["total"] == 2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_confusion_matrix_never_waits_for_the_gpu():
+    """train.py counts each test batch on the GPU; only the epoch's total is read back."""
+    preds, labels = (torch.tensor(v, device="cuda") for v in ([0, 1, 1, 2, 2, 0], [0, 1, 2, 2, 2, 1]))
+    torch.cuda.set_sync_debug_mode("error")  # any wait for the GPU raises
+    try:
+        matrix = confusion_matrix(preds, labels, 3)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert matrix.is_cuda and matrix.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 2]]
+
+
 def test_metrics_by_hand():
     matrix = confusion_matrix([0, 1, 1, 2, 2, 0], [0, 1, 2, 2, 2, 1], 3)
     assert matrix.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 2]]  # rows: true class

@@ -3,10 +3,13 @@ import torch
 
 
 def confusion_matrix(preds, labels, num_classes):
-    """Count matrix (num_classes, num_classes) of int64: row = true class, column = predicted class."""
-    preds = torch.as_tensor(preds, dtype=torch.long).flatten().cpu()
-    labels = torch.as_tensor(labels, dtype=torch.long).flatten().cpu()
-    counts = torch.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
+    """Count matrix (num_classes, num_classes) of int64: row = true class, column = predicted class.
+
+    On the device of preds, counted without waiting for a GPU (bincount would read the largest value first)."""
+    preds = torch.as_tensor(preds, dtype=torch.long).flatten()
+    labels = torch.as_tensor(labels, dtype=torch.long, device=preds.device).flatten()
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.long, device=preds.device)
+    counts.index_add_(0, labels * num_classes + preds, torch.ones_like(preds))
     return counts.reshape(num_classes, num_classes)
 
 
