@@ -55,7 +55,8 @@ timeout 60 python3 -m pytest -q -p no:cacheprovider tests -k cuda > "$OUT/cuda-t
 
 # 3b. the operators a training step dispatches on CUDA (fused AdamW; bench/README.md has the CPU's counts)
 step host_ops
-timeout 25 python3 bench/host_ops.py --device cuda > "$OUT/host_ops.md" 2>/dev/null
+timeout 25 python3 bench/host_ops.py --device cuda > "$OUT/host_ops.md" 2>/tmp/host_ops.err \
+  || tail -5 /tmp/host_ops.err >> "$OUT/host_ops.md"
 
 # 4. the input pipeline alone: per-image DataLoader workers against batches augmented on the GPU (224 px; 64 px is in
 #    bench/README.md from 2026-11-27)
