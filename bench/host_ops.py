@@ -8,7 +8,7 @@ host, not the GPU, sets its speed.
 One epoch of train.train_epoch over random decoded images, batches augmented by vit.augment (train.py's GPU path),
 Mixup/CutMix, label smoothing, clipping and AdamW (fused on CUDA, single-tensor on the CPU: the optimizer row
 differs most between the two), counted by a TorchDispatchMode after one warm-up epoch. The counts do not depend on
-the image size, so the default is a small one that runs in seconds on a CPU. Also counts vit.augment.to_device
+the image size, so the default is a small one that runs in under a minute on a CPU. Also counts vit.augment.to_device
 calls (host-to-device copies on a GPU).
 """
 import argparse
