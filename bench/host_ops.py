@@ -82,8 +82,11 @@ def counting_to_device(t, dev):
     return to_device(t, dev)
 
 
+def epoch():
+    train.train_epoch(model, loader, optimizer, scheduler, scaler, mix, settings, device, autocast, desc="")
+
+
 vit.augment.to_device = counting_to_device
-epoch = lambda: train.train_epoch(model, loader, optimizer, scheduler, scaler, mix, settings, device, autocast, "")  # noqa: E731
 epoch()  # warm-up
 copies[0] = 0
 with Counter() as counter:
