@@ -28,7 +28,7 @@ from vit.data import Decoded, MixupCutmix  # noqa: E402
 from vit.device import mixed_precision  # noqa: E402
 from vit.optim import adamw_warmup_cosine  # noqa: E402
 
-ORIGINS = (  # the innermost frame whose file ends so names the row
+ORIGINS = (  # the innermost stack frame whose file path contains one of these names the row
     ("vit/augment.py", "augmentation (vit/augment.py)"), ("vit/data.py", "Mixup/CutMix (vit/data.py)"),
     ("vit/model.py", "model forward (vit/model.py)"), ("torch/autograd/", "backward (autograd)"),
     ("torch/optim/", "optimizer step"), ("torch/nn/utils/clip_grad.py", "gradient clipping"),

@@ -8,7 +8,7 @@ values rounded, clamped and truncated as torchvision's uint8 kernels), to float,
 (value 0). DeviceLoader shuffles, shards and batches them in place of DataLoader and DistributedSampler.
 
 Random parameters are drawn on the CPU (torch's global RNG or a torch.Generator) and reach the device in one
-copy per batch (two more with TrivialAugment), so a seed gives the same batch twice, on any device (not the
+copy per call (two more with TrivialAugment), so a seed gives the same batch twice, on any device (not the
 per-sample path's batch: the draws differ), and the GPU is never waited for. The one difference from
 the per-sample path is the crop's resampling: roi_align (bilinear, ceil(box / size) samples per output
 pixel and axis: a box filter when shrinking) where torchvision's antialiased resize uses a triangle filter,
