@@ -199,7 +199,6 @@ def train(args):
     results = out / "results" / args.name
     if last.exists() and not ckpt:
         raise UserError(f"{last}: a run of this name exists; pick another --name or continue it with --resume {last}")
-    make_folders(last.parent, results)
 
     # processes and device
     device, world, rank = init_processes(pick_device(args.device))
@@ -221,6 +220,7 @@ def train(args):
         except ValueError as e:
             raise UserError(f"--image-size/--patch-size/--num-layers/--stem: {e}") from None
         model.classes = splits.classes
+    make_folders(last.parent, results)  # after every check of the flags, before the long work: decoding, training
     model.to(device)
     trained = model.head if args.freeze else model
     if args.freeze:

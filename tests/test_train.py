@@ -249,6 +249,7 @@ def test_bad_flags_are_one_line_errors(extra, message, dataset, tmp_path, capsys
         train.main(flags(dataset, tmp_path, *extra))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and re.match("error: " + message, err), err
+    assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists()  # a failed start leaves nothing
 
 
 def test_out_dir_that_cannot_hold_folders_stops_before_training(dataset, tmp_path, capsys):
