@@ -44,7 +44,8 @@ def parse_args(argv):
     source.add_argument("--pretrained", action="store_true", help="torchvision's ImageNet vit_b_16 instead")
     parser.add_argument("--topk", type=int, default=3, help="classes shown per image (at most all classes)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32,
+                        help="images per forward pass (32)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
     parser.add_argument("--save", help=f"figure path (one image) or folder (default {OUT_DIR})")
     parser.add_argument("--explain", action="store_true", help="also save the attention rollout over the photo")
@@ -53,7 +54,7 @@ def parse_args(argv):
     if not (args.images or args.img_path or args.evaluate):
         parser.error("give at least one image, folder or glob, or --evaluate ROOT")
     if args.topk < 1 or args.batch_size < 1:
-        parser.error("--topk and --batch_size must be at least 1")
+        parser.error("--topk and --batch-size must be at least 1")
     return args
 
 

@@ -83,7 +83,8 @@ def test_folder_json_matches_model_with_figures_csv_and_attention(ckpt, tmp_path
     images = [write_image(tmp_path / "photos" / f"img{i}.png", i, size=(40 + 8 * i, 30)) for i in range(2)]
     images.append(write_image(tmp_path / "photos" / "sub" / "grey.jpg", 9, mode="L"))
     out = tmp_path / "out"
-    result = predict("--model", path, tmp_path / "photos", "--json", "--topk", "5", "--explain", "--save", out)
+    result = predict("--model", path, tmp_path / "photos", "--json", "--topk", "5", "--explain", "--save", out,
+                     "--batch-size", "2")  # two batches, the second of one image
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(line["image"] for line in lines) == sorted(map(str, images))
