@@ -108,6 +108,22 @@ def test_load_split_skips_non_images_and_corrupt_images(tmp_path):
     assert decoded.labels == [0, 0, 1, 1]
 
 
+def test_load_split_in_worker_processes_equals_in_process(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(5):  # random pixels and five sizes: a different order or resize would show
+            pixels = torch.randint(0, 256, (12 + i, 9 + 2 * i, 3), generator=g, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(tmp_path / "train" / c / f"{i}.png")
+    (tmp_path / "train" / "b" / "2_garbage.jpg").write_bytes(b"not a jpeg")
+    here = data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    there = data.load_split(tmp_path / "train", ["a", "b"], size=8, workers=2)
+    assert len(here.images) == 10 and all(torch.equal(x, y) for x, y in zip(here.images, there.images))
+    assert (here.labels, here.paths, here.skipped) == (there.labels, there.paths, there.skipped)
+    assert [Path(p).name for p, _ in there.skipped] == ["2_garbage.jpg"]
+    assert not any(image.is_shared() for image in there.images)  # copied out of the workers' shared memory
+
+
 def test_open_rgb_names_corrupt_and_missing_files(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
