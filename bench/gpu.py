@@ -1,8 +1,9 @@
 """GPU throughput of our ViT against torchvision's and timm's, model alone, in one run.
 
     python bench/gpu.py [--models vit_b_16 vit_ti_16] [--batch 128] [--compile]
+    python bench/gpu.py --models vit_ti_16 --impls ours --image-size 64 --patch-size 8 --num-layers 6 --stem conv
 
-Random GPU-resident batches, bf16 autocast, fused AdamW, 224 px. Prints one markdown table:
+Random GPU-resident batches, bf16 autocast, fused AdamW, 224 px unless --image-size. Prints one markdown table:
 training and inference images/s, peak training memory, and model-FLOP utilisation (MFU) of the
 training step against a bf16 peak given by --peak-tflops (790 measured on the H200 here).
 """
@@ -22,6 +23,10 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--models", nargs="+", default=["vit_b_16", "vit_ti_16"])
 parser.add_argument("--impls", nargs="+", default=["ours", "torchvision", "timm"])
 parser.add_argument("--batch", type=int, default=128)
+parser.add_argument("--image-size", type=int, default=224)
+parser.add_argument("--patch-size", type=int, help="override the size's patch (ours and torchvision)")
+parser.add_argument("--num-layers", type=int, help="override the size's depth (ours and torchvision)")
+parser.add_argument("--stem", choices=("patch", "conv"), help="ours only; MFU leaves out the conv stem's FLOPs")
 parser.add_argument("--steps", type=int, default=20)  # timed steps per case and round
 parser.add_argument("--warmup", type=int, default=5)
 parser.add_argument("--min-seconds", type=float, default=1.0, help="time more steps where --steps take less")
@@ -34,6 +39,7 @@ parser.add_argument("--device", default="cuda", help="cpu only to smoke-test thi
 args = parser.parse_args()
 
 device = torch.device(args.device)
+overrides = {k: getattr(args, k) for k in ("patch_size", "num_layers", "stem") if getattr(args, k) is not None}
 sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -47,10 +53,10 @@ def setup(impl, name, compiled):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
-    model = make(impl, name).to(device)
+    model = make(impl, name, args.image_size, **overrides).to(device)
     step_model = torch.compile(model, mode=args.compile_mode) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    x = torch.randn(args.batch, 3, 224, 224, device=device)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
 
     def train_step():
@@ -75,8 +81,10 @@ def setup(impl, name, compiled):
     return model, train_step, infer_step, peak
 
 
+shape = "".join(f", {k} {v}" for k, v in overrides.items())
 print(f"# {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-      f"batch {args.batch}, bf16 autocast, compile mode {args.compile_mode}, median of {args.rounds} rounds", flush=True)
+      f"batch {args.batch}, {args.image_size} px{shape}, bf16 autocast, compile mode {args.compile_mode}, "
+      f"median of {args.rounds} rounds", flush=True)
 print("| model | impl | mode | train img/s | inference img/s | peak train GiB | train MFU |")
 print("|---|---|---|---|---|---|---|", flush=True)
 rows = []
@@ -87,7 +95,7 @@ for compiled in ([False, True] if args.compile else [False]):
     mode = "compiled" if compiled else "eager"
     for name in args.models:
         with torch.device("meta"):  # only the configuration is needed, not a second set of weights
-            flops = forward_flops(make("ours", name).config)
+            flops = forward_flops(make("ours", name, args.image_size, **overrides).config)
         cases = {}
         for impl in args.impls:
             try:
