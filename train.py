@@ -102,7 +102,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", metavar="DEV",
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="processes that decode the images and augment them (default: 0 on CPU, min(8, cores) on a GPU)")
+                   help="data loader processes (default: 0 on CPU, min(8, cores) on a GPU)")
     p.add_argument("--augment", choices=("auto", "workers", "device"), default="auto",
                    help="augment each image in the DataLoader workers, or whole batches on the training device "
                         "(vit/augment.py); auto: device on CUDA, workers elsewhere")
@@ -227,11 +227,11 @@ def train(args):
         model.requires_grad_(False)
         trained.requires_grad_(True)
 
-    # data: decode once, in the workers (shorter side = the eval resize, so eval preprocessing is exact), then
-    # augment per sample in DataLoader workers, or per batch on the device (vit/augment.py)
+    # data: decode once, in threads (shorter side = the eval resize, so eval preprocessing is exact), then augment per
+    # sample in DataLoader workers, or per batch on the device (vit/augment.py)
     if rank > 0:
         dist.barrier()  # rank 0 decodes first and fills the cache, the others then read it
-    decoded = {split: data.load_split(d, splits.classes, model.preprocess["resize_size"], args.cache_dir, args.workers)
+    decoded = {split: data.load_split(d, splits.classes, model.preprocess["resize_size"], args.cache_dir)
                for split, d in (("train", splits.train_dir), ("test", splits.test_dir))}
     if rank == 0 and world > 1:
         dist.barrier()

@@ -12,7 +12,9 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -166,25 +168,17 @@ def decode(path, size):
     return v2.functional.pil_to_tensor(image)
 
 
-class _Decoding(torch.utils.data.Dataset):
-    """(decode(path, size), None) per path, or (None, why) for an image that cannot be read: load_split's workers."""
-
-    def __init__(self, paths, size):
-        self.paths, self.size = paths, size
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        try:
-            return decode(self.paths[i], self.size), None
-        except UserError as e:
-            return None, str(e).removeprefix(f"{self.paths[i]}: ")
+def _decode_or_why(path, size):
+    """(decode(path, size), None), or (None, why) for an image that cannot be read."""
+    try:
+        return decode(path, size), None
+    except UserError as e:
+        return None, str(e).removeprefix(f"{path}: ")
 
 
-def load_split(split_dir, classes, size, cache_dir=None, workers=0):
-    """Decode every image of split_dir/<class>/ once (in `workers` processes, 0: here); corrupt ones go to
-    `skipped`, the result may be cached."""
+def load_split(split_dir, classes, size, cache_dir=None, threads=min(8, os.cpu_count() or 1)):
+    """Decode every image of split_dir/<class>/ once, in `threads` threads (Pillow decodes and resizes without
+    holding the GIL); corrupt ones go to `skipped`, the result may be cached."""
     split_dir = Path(split_dir)
     files = [(label, p) for label, name in enumerate(classes) for p in list_files(split_dir / name)]
     images = [(label, p) for label, p in files if is_image(p)]
@@ -199,14 +193,13 @@ def load_split(split_dir, classes, size, cache_dir=None, workers=0):
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
                 pass  # unreadable cache: decode again and overwrite it
     out = Decoded([], [], [], non_images=len(files) - len(images))
-    decoding = _Decoding([path for _, path in images], size)
-    results = (torch.utils.data.DataLoader(decoding, batch_size=None, num_workers=workers) if workers
-               else map(decoding.__getitem__, range(len(decoding))))
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(_decode_or_why, [path for _, path in images], repeat(size)))
     for (label, path), (image, why) in zip(images, results):
         if image is None:
             out.skipped.append((str(path), why))
             continue
-        out.images.append(image.clone() if workers else image)  # a copy frees the worker's shared memory
+        out.images.append(image)
         out.labels.append(label)
         out.paths.append(str(path))
     for label, name in enumerate(classes):
