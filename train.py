@@ -185,6 +185,10 @@ def train(args):
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt:  # the run's own settings, except the flags that may change between sessions
         args = resumed_args(ckpt, args, RESUMABLE)
+        if ckpt["epoch"] >= args.epochs:
+            log(f"{args.resume}: the run finished all {args.epochs} epochs, nothing to resume; "
+                "for more epochs start a new run (--epochs N --name NEW)")
+            return list(ckpt["metrics"])
     root = data.resolve_data(args.data)
     splits = data.find_splits(root)
     args.data = str(root.resolve())  # recorded in checkpoints, so --resume works from any folder

@@ -127,6 +127,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(reference, dataset, tmp_pa
             assert a[key] == pytest.approx(b[key], abs=1e-4), (a, b)
 
 
+def test_resuming_a_finished_run_says_so_and_writes_nothing(reference, capsys):
+    out = reference[0]
+    files = [out / "models" / "ref.pt", *(out / "results" / "ref").iterdir()]
+    before = {f: f.stat().st_mtime_ns for f in files}
+    metrics = train.main(["--resume", str(out / "models" / "ref.pt"), "--device", "cpu"])
+    assert "finished all 4 epochs, nothing to resume" in capsys.readouterr().out
+    assert metrics == read_metrics(out, "ref") and {f: f.stat().st_mtime_ns for f in files} == before
+
+
 def test_run_saved_before_trivial_augment_was_a_flag_resumes_with_it_on(dataset, tmp_path, capsys):
     path = tmp_path / "models" / "old.pt"
     train.main(flags(dataset, tmp_path, "--epochs", "2", "--name", "old", "--stop-after", "1"))
