@@ -115,6 +115,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this session (resume later)")
     args = p.parse_args(argv)
+    args.given = [k for k, v in vars(args).items() if v != p.get_default(k)]  # what --resume must not ignore silently
     recipe = LINEAR_PROBE if args.freeze else FINETUNE if args.pretrained else SCRATCH
     for key, value in recipe.items():
         if getattr(args, key) is None:
@@ -182,9 +183,12 @@ def evaluate(net, loader, prepare, num_classes, device, autocast):
 
 def train(args):
     """Set up data, model and optimiser from args, run the epochs, write checkpoints and results."""
+    given = vars(args).pop("given", [])
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt:  # the run's own settings, except the flags that may change between sessions
-        args = resumed_args(ckpt, args, RESUMABLE)
+        args, ignored = resumed_args(ckpt, args, RESUMABLE, given)
+        if ignored:
+            log(f"ignored with --resume: {' '.join(ignored)} (a resumed run keeps the settings it started with)")
         if ckpt["epoch"] >= args.epochs:
             log(f"{args.resume}: the run finished all {args.epochs} epochs, nothing to resume; "
                 "for more epochs start a new run (--epochs N --name NEW)")

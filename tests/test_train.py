@@ -15,6 +15,7 @@ from torchvision.models.vision_transformer import VisionTransformer as Torchvisi
 import train
 from vit import data
 from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from vit.distributed import log
 from vit.model import VisionTransformer, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,8 +119,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(reference, dataset, tmp_pa
     train.main(flags(dataset, tmp_path, "--epochs", "4", "--lr", "2e-3", "--name", "ref", "--stop-after", "2"))
     assert "--resume" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "models" / "ref.pt")["epoch"] == 2
-    second = run_script("--resume", str(tmp_path / "models" / "ref.pt"), "--device", "cpu")
+    # --epochs as saved and --lr not: the run keeps its own, says which flags it ignored, and the results show it
+    second = run_script("--resume", str(tmp_path / "models" / "ref.pt"), "--device", "cpu", "--epochs", "4",
+                        "--lr", "0.5")
     assert second.returncode == 0, second.stderr
+    assert "ignored with --resume: --lr (a resumed run keeps the settings it started with)" in second.stdout
     resumed, uninterrupted = read_metrics(tmp_path, "ref"), read_metrics(reference[0], "ref")
     assert len(resumed) == 4
     for a, b in zip(resumed, uninterrupted):
@@ -313,6 +317,15 @@ def test_batches_augmented_on_the_device_learn_too(reference, dataset, tmp_path)
     metrics, per_image = read_metrics(tmp_path, "dev"), read_metrics(reference[0], "ref")
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert metrics[-1]["test_acc"] >= 0.9 and metrics[-1]["train_loss"] != per_image[-1]["train_loss"]
+
+
+@pytest.mark.parametrize("world, rank, master",
+                         [("2", "1", False), ("2", "0", True), ("1", "3", True), (None, None, True)])
+def test_only_rank_0_prints_even_before_the_process_group_exists(world, rank, master, monkeypatch, capsys):
+    for key, value in (("WORLD_SIZE", world), ("RANK", rank)):
+        monkeypatch.delenv(key, raising=False) if value is None else monkeypatch.setenv(key, value)
+    log("hello")
+    assert capsys.readouterr().out == ("hello\n" if master else "")
 
 
 @pytest.mark.parametrize("where", ["workers", "device"])

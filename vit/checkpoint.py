@@ -126,13 +126,15 @@ def restore_training(ckpt, optimizer, scheduler, scaler):
     return list(ckpt["metrics"]), ckpt["best_acc"], ckpt["epoch"]
 
 
-def resumed_args(ckpt, args, keep):
+def resumed_args(ckpt, args, keep, given=()):
     """The checkpointed run's arguments, except the flags named in `keep`, which come from `args` (this command
-    line); files go on being written next to the checkpoint."""
+    line); files go on being written next to the checkpoint. Also the flags of `given` (those this command line
+    set) that the run does not take, as its own value differs: -> (arguments, ignored flags as "--name")."""
     saved = {"trivial_augment": 1.0, **ckpt["args"]}  # runs saved before that flag used it on every image
     resumed = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in keep}, "resume": args.resume})
     resumed.out_dir = str(Path(args.resume).resolve().parent.parent)
-    return resumed
+    ignored = [k for k in given if k not in (*keep, "resume") and getattr(args, k) != getattr(resumed, k, None)]
+    return resumed, ["--" + k.replace("_", "-") for k in ignored]
 
 
 def model_from_checkpoint(ckpt):

@@ -25,8 +25,11 @@ def all_reduce(t):
 
 
 def is_master():
-    """True in the process that prints and writes files (rank 0, or the only process)."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """True in the process that prints and writes files (rank 0, or the only process; before the process group
+    exists, as torchrun's environment says)."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("WORLD_SIZE", 1)) == 1 or os.environ.get("RANK", "0") == "0"
 
 
 def log(*a):
