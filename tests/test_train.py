@@ -119,9 +119,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(reference, dataset, tmp_pa
     train.main(flags(dataset, tmp_path, "--epochs", "4", "--lr", "2e-3", "--name", "ref", "--stop-after", "2"))
     assert "--resume" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "models" / "ref.pt")["epoch"] == 2
-    # --epochs as saved and --lr not: the run keeps its own, says which flags it ignored, and the results show it
+    # --epochs and --data as saved, --lr not: the run keeps its own, names what it ignored, and the results show it
     second = run_script("--resume", str(tmp_path / "models" / "ref.pt"), "--device", "cpu", "--epochs", "4",
-                        "--lr", "0.5")
+                        "--lr", "0.5", "--data", os.path.relpath(dataset))  # the same folder, relative
     assert second.returncode == 0, second.stderr
     assert "ignored with --resume: --lr (a resumed run keeps the settings it started with)" in second.stdout
     resumed, uninterrupted = read_metrics(tmp_path, "ref"), read_metrics(reference[0], "ref")

@@ -133,7 +133,10 @@ def resumed_args(ckpt, args, keep, given=()):
     saved = {"trivial_augment": 1.0, **ckpt["args"]}  # runs saved before that flag used it on every image
     resumed = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in keep}, "resume": args.resume})
     resumed.out_dir = str(Path(args.resume).resolve().parent.parent)
-    ignored = [k for k in given if k not in (*keep, "resume") and getattr(args, k) != getattr(resumed, k, None)]
+    mine = dict(vars(args))
+    if mine.get("data") and Path(mine["data"]).exists():
+        mine["data"] = str(Path(mine["data"]).resolve())  # as train.py saves it
+    ignored = [k for k in given if k not in (*keep, "resume") and mine[k] != saved.get(k)]
     return resumed, ["--" + k.replace("_", "-") for k in ignored]
 
 
