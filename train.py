@@ -112,7 +112,8 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=".", metavar="DIR", help="where models/ and results/ go (.)")
     p.add_argument("--cache-dir", default=str(data.DATA_DIR / ".cache"), metavar="DIR",
                    help="decoded-image cache (data/.cache)")
-    p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt, with its settings; "
+                   f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this session (resume later)")
     args = p.parse_args(argv)
     args.given = [k for k, v in vars(args).items() if v != p.get_default(k)]  # what --resume must not ignore silently
