@@ -63,6 +63,11 @@ RESUMABLE = ("device", "workers", "augment", "compile", "cache_dir", "stop_after
 # -----------------------------------------------------------------------------
 
 
+def flags(keys):
+    """Argument names as typed on the command line: ("cache_dir", "lr") -> '--cache-dir, --lr'."""
+    return ", ".join("--" + k.replace("_", "-") for k in keys)
+
+
 def recipe_defaults(key):
     """What --help shows as a recipe flag's default, e.g. 'scratch 25, fine-tune 10, --freeze 20'."""
     recipes = {"scratch": SCRATCH, "fine-tune": FINETUNE, "--freeze": LINEAR_PROBE}
@@ -113,7 +118,7 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=str(data.DATA_DIR / ".cache"), metavar="DIR",
                    help="decoded-image cache (data/.cache)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt, with its settings; "
-                   f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change")
+                   f"only {flags(RESUMABLE)} may change")
     p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this session (resume later)")
     args = p.parse_args(argv)
     args.given = [k for k, v in vars(args).items() if v != p.get_default(k)]  # what --resume must not ignore silently
@@ -189,7 +194,7 @@ def train(args):
     if ckpt:  # the run's own settings, except the flags that may change between sessions
         args, ignored = resumed_args(ckpt, args, RESUMABLE, given)
         if ignored:
-            log(f"ignored with --resume: {' '.join(ignored)} (a resumed run keeps the settings it started with)")
+            log(f"ignored with --resume: {flags(ignored)} (a resumed run keeps the settings it started with)")
         if ckpt["epoch"] >= args.epochs:
             log(f"{args.resume}: the run finished all {args.epochs} epochs, nothing to resume; "
                 "for more epochs start a new run (--epochs N --name NEW)")

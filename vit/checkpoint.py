@@ -129,15 +129,14 @@ def restore_training(ckpt, optimizer, scheduler, scaler):
 def resumed_args(ckpt, args, keep, given=()):
     """The checkpointed run's arguments, except the flags named in `keep`, which come from `args` (this command
     line); files go on being written next to the checkpoint. Also the flags of `given` (those this command line
-    set) that the run does not take, as its own value differs: -> (arguments, ignored flags as "--name")."""
+    set) that the run does not take, as its own value differs: -> (arguments, names of the ignored ones)."""
     saved = {"trivial_augment": 1.0, **ckpt["args"]}  # runs saved before that flag used it on every image
     resumed = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in keep}, "resume": args.resume})
     resumed.out_dir = str(Path(args.resume).resolve().parent.parent)
     mine = dict(vars(args))
     if mine.get("data") and Path(mine["data"]).exists():
         mine["data"] = str(Path(mine["data"]).resolve())  # as train.py saves it
-    ignored = [k for k in given if k not in (*keep, "resume") and mine[k] != saved.get(k)]
-    return resumed, ["--" + k.replace("_", "-") for k in ignored]
+    return resumed, [k for k in given if k not in (*keep, "resume") and mine[k] != saved.get(k)]
 
 
 def model_from_checkpoint(ckpt):
