@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from vit import build_model
 from vit.checkpoint import load_checkpoint, model_from_checkpoint
-from vit.data import class_folders, decode, eval_transform, is_image, list_files, load_split
+from vit.data import class_folders, decode_many, eval_transform, is_image, list_files, load_split
 from vit.device import pick_device
 from vit.errors import UserError
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure
@@ -102,17 +102,17 @@ def predict(model, paths, device, batch_size, explain, failures):
     size, transform = model.preprocess["resize_size"], eval_transform(model.preprocess)
     bar = tqdm(total=len(paths), unit="img", disable=len(paths) < 2, file=sys.stderr)
     for start in range(0, len(paths), batch_size):
-        batch = []
-        for path in paths[start:start + batch_size]:
-            try:
-                batch.append((path, transform(decode(path, size))))  # decoded as training's test images are
-            except UserError as e:
-                failures.append(str(e))
-                tqdm.write(f"error: {e}", file=sys.stderr)
+        batch, chunk = [], paths[start:start + batch_size]
+        for path, (image, why) in zip(chunk, decode_many(chunk, size)):  # decoded as training's test images are
+            if image is None:
+                failures.append(f"{path}: {why}")
+                tqdm.write(f"error: {path}: {why}", file=sys.stderr)
+            else:
+                batch.append((path, transform(image)))
         if batch:
             probs, maps = probabilities(model, [t for _, t in batch], device, explain)
             yield from ((path, t, p, m) for (path, t), p, m in zip(batch, probs, maps))
-        bar.update(len(paths[start:start + batch_size]))
+        bar.update(len(chunk))
     bar.close()
 
 
@@ -184,17 +184,22 @@ def run(args):
         print(f"error: {message}", file=sys.stderr)
     figures, out_dir = figure_paths(paths, args.save)
     k = min(args.topk, len(model.classes))
-    rows = []
+    rows, saved = [], []
     for path, tensor, probs, attn_map in predict(model, paths, device, args.batch_size, args.explain, failures):
         top = probs.topk(k)
         names, top_probs = [model.classes[i] for i in top.indices], top.values.tolist()
         show(path, names, top_probs, label, args.json)
         view = model_view(tensor, model.preprocess)
         save_prediction_figure(view, names, top_probs, figures[path])
+        saved.append(figures[path])
         if attn_map is not None:
             title = f"{names[0]} ({top_probs[0]:.1%})"
-            save_attention_figure(view, attn_map, title, figures[path].with_name(f"{figures[path].stem}_attention.png"))
+            saved.append(figures[path].with_name(f"{figures[path].stem}_attention.png"))
+            save_attention_figure(view, attn_map, title, saved[-1])
         rows.append([str(path)] + [v for pair in zip(names, top_probs) for v in pair])
+    if saved:  # on stderr, so that --json's output stays one object per line
+        where = " and ".join(map(str, saved)) if len(rows) == 1 else f"{len(saved)} figures in {out_dir}/"
+        print(f"saved {where}", file=sys.stderr)
     if rows and (listing or len(paths) > 1):
         header = [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
         table = io.StringIO(newline="")

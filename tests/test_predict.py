@@ -102,6 +102,7 @@ def test_folder_json_matches_model_with_figures_csv_and_attention(ckpt, tmp_path
         for figure in (out / f"{image.stem}.png", out / f"{image.stem}_attention.png"):
             with Image.open(figure) as f:
                 assert f.format == "PNG" and f.width > 300
+    assert f"saved 6 figures in {out}/\n" in result.stderr
     with open(out / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["image"] for r in rows) == sorted(map(str, images))
@@ -122,6 +123,7 @@ def test_single_image_table_and_save_path(ckpt, tmp_path, capsys):
     best = CLASSES[direct_probs(model, image).argmax()]
     assert lines[1].split()[0] == best
     assert figure.is_file() and not (tmp_path / "figs" / "predictions.csv").exists()
+    assert result.stderr == f"saved {figure}\n"  # where to look
 
 
 def test_a_save_path_that_cannot_be_written_is_one_line(ckpt, tmp_path, capsys):

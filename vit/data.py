@@ -32,6 +32,7 @@ DATASETS = {  # names accepted by --data that are downloaded once into data/<nam
     "pizza_steak_sushi": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi.zip",
 }
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+THREADS = min(8, os.cpu_count() or 1)  # decoding threads: Pillow decodes and resizes without holding the GIL
 
 
 def resolve_data(arg, data_dir=DATA_DIR):
@@ -176,9 +177,15 @@ def _decode_or_why(path, size):
         return None, str(e).removeprefix(f"{path}: ")
 
 
-def load_split(split_dir, classes, size, cache_dir=None, threads=min(8, os.cpu_count() or 1)):
-    """Decode every image of split_dir/<class>/ once, in `threads` threads (Pillow decodes and resizes without
-    holding the GIL); corrupt ones go to `skipped`, the result may be cached."""
+def decode_many(paths, size, threads=THREADS):
+    """decode() every path in `threads` threads: a list in the same order of (tensor, None) or (None, why)."""
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(_decode_or_why, paths, repeat(size)))
+
+
+def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
+    """Decode every image of split_dir/<class>/ once (decode_many); corrupt ones go to `skipped`, the result may
+    be cached."""
     split_dir = Path(split_dir)
     files = [(label, p) for label, name in enumerate(classes) for p in list_files(split_dir / name)]
     images = [(label, p) for label, p in files if is_image(p)]
@@ -193,9 +200,7 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=min(8, os.cpu_c
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
                 pass  # unreadable cache: decode again and overwrite it
     out = Decoded([], [], [], non_images=len(files) - len(images))
-    with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(_decode_or_why, [path for _, path in images], repeat(size)))
-    for (label, path), (image, why) in zip(images, results):
+    for (label, path), (image, why) in zip(images, decode_many([path for _, path in images], size, threads)):
         if image is None:
             out.skipped.append((str(path), why))
             continue
