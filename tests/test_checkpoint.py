@@ -1,5 +1,6 @@
-"""Files written atomically, and the background checkpoint writer: what it writes is what was saved, and its errors
-are not lost."""
+"""Files written atomically, the background checkpoint writer (what it writes is what was saved, and its errors
+are not lost), and the flags --resume names as ignored."""
+import argparse
 import os
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import torch
 from matplotlib.figure import Figure
 
 from vit import UserError
-from vit.checkpoint import CheckpointWriter
+from vit.checkpoint import CheckpointWriter, resumed_args
+from vit.data import DATA_DIR
 from vit.files import replace_atomically, write_text
 from vit.plots import save_figure
 
@@ -79,3 +81,16 @@ def test_a_full_disk_is_one_clear_error_and_leaves_no_temporary_file(tmp_path):
     with pytest.raises(UserError, match=f"^{tmp_path / 'm.json'}: cannot write \\(No space left on device\\); check"):
         replace_atomically(tmp_path / "m.json", no_room)
     assert os.listdir(tmp_path) == []
+
+
+def test_resume_names_only_the_flags_that_differ_from_the_run(tmp_path):
+    saved = dict(data=str((DATA_DIR / "pizza_steak_sushi").resolve()), lr=3e-4, epochs=80, device="cpu")
+    ckpt = {"args": saved}
+    for data, lr, ignored in (("pizza_steak_sushi", 3e-4, []),  # the dataset's name means its folder
+                              (str(DATA_DIR / ".." / "data" / "pizza_steak_sushi"), 3e-4, []),  # so does a path to it
+                              (str(tmp_path), 1e-3, ["data", "lr"])):
+        args = argparse.Namespace(data=data, lr=lr, epochs=80, device="cuda", resume=str(tmp_path / "models" / "r.pt"))
+        resumed, names = resumed_args(ckpt, args, keep=("device",), given=["data", "lr", "device", "resume"])
+        assert names == ignored
+        assert (resumed.data, resumed.lr, resumed.device) == (saved["data"], 3e-4, "cuda")
+        assert resumed.out_dir == str(tmp_path.resolve())

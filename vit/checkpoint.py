@@ -134,8 +134,9 @@ def resumed_args(ckpt, args, keep, given=()):
     resumed = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in keep}, "resume": args.resume})
     resumed.out_dir = str(Path(args.resume).resolve().parent.parent)
     mine = dict(vars(args))
-    if mine.get("data") and Path(mine["data"]).exists():
-        mine["data"] = str(Path(mine["data"]).resolve())  # as train.py saves it
+    if mine.get("data"):  # a path or a dataset name -> the folder, resolved, as train.py saves it
+        from vit.data import DATA_DIR, DATASETS  # vit.data imports this module
+        mine["data"] = str((DATA_DIR / mine["data"] if mine["data"] in DATASETS else Path(mine["data"])).resolve())
     return resumed, [k for k in given if k not in (*keep, "resume") and mine[k] != saved.get(k)]
 
 
