@@ -19,16 +19,18 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vit import build_model
 from vit.checkpoint import load_checkpoint, model_from_checkpoint
-from vit.data import class_folders, decode_many, eval_transform, is_image, list_files, load_split
+from vit.data import (class_folders, decode_many, eval_images, eval_normalise, eval_transform, is_image, list_files,
+                      load_split)
 from vit.device import pick_device
 from vit.errors import UserError
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure
 from vit.files import write_text
-from vit.metrics import classification_report, confusion_matrix, format_report
+from vit.metrics import classification_report, evaluate, format_report
 from vit.plots import plot_confusion
 
 OUT_DIR = Path("results/predictions")  # default folder for figures, predictions.csv and evaluation results
@@ -143,7 +145,7 @@ def show(path, names, probs, label, as_json):
         print(f"{path}\n" + "\n".join(f"  {n:<{width}}  {p:6.1%}" for n, p in zip(names, probs)), flush=True)
 
 
-def evaluate(model, root, device, batch_size, out_dir, failures):
+def evaluate_folder(model, root, device, batch_size, out_dir, failures):
     """Accuracy, per-class metrics and confusion matrix on a labelled folder; printed and saved in out_dir."""
     root = Path(root)
     split = next((root / s for s in ("test", "val") if (root / s).is_dir()), root)
@@ -160,12 +162,10 @@ def evaluate(model, root, device, batch_size, out_dir, failures):
     for path, reason in decoded.skipped:
         failures.append(f"{path}: {reason}")
         print(f"error: {path}: {reason}", file=sys.stderr)
-    transform, preds = eval_transform(model.preprocess), []
-    for start in tqdm(range(0, len(decoded.images), batch_size), desc="evaluate", unit="batch", file=sys.stderr):
-        tensors = [transform(image) for image in decoded.images[start:start + batch_size]]
-        preds += probabilities(model, tensors, device)[0].argmax(dim=-1).tolist()
-    labels = [model.classes.index(folders[label]) for label in decoded.labels]
-    matrix = confusion_matrix(preds, labels, len(model.classes))
+    decoded.labels = [model.classes.index(folders[label]) for label in decoded.labels]  # the model's class indices
+    loader = DataLoader(eval_images(decoded, model.preprocess), batch_size=batch_size)  # as train.py's test pass
+    bar = tqdm(loader, desc="evaluate", unit="batch", file=sys.stderr)
+    _, _, matrix = evaluate(model, bar, eval_normalise(model.preprocess), len(model.classes), device)
     report = classification_report(matrix, model.classes)
     print(f"evaluation on {split}\n{format_report(report)}")
     result = dict(report, data=str(split), confusion_matrix=matrix.tolist())
@@ -207,7 +207,7 @@ def run(args):
         write_text(out_dir / "predictions.csv", table.getvalue())
         print(f"saved {len(rows)} predictions to {out_dir / 'predictions.csv'}", file=sys.stderr)
     if args.evaluate:
-        evaluate(model, args.evaluate, device, args.batch_size, out_dir, failures)
+        evaluate_folder(model, args.evaluate, device, args.batch_size, out_dir, failures)
     return 2 if failures else 0
 
 

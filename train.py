@@ -32,7 +32,7 @@ from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, init_processes, is_master, log
 from vit.errors import UserError
 from vit.files import make_folders, write_text
-from vit.metrics import confusion_matrix
+from vit.metrics import evaluate
 from vit.model import build_model, list_models
 from vit.optim import adamw_warmup_cosine
 
@@ -166,25 +166,6 @@ def train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, device, au
         totals[2] += len(y)
     loss_sum, correct, count = all_reduce(totals).tolist()
     return loss_sum / count, correct / count
-
-
-@torch.no_grad()
-def evaluate(net, loader, prepare, num_classes, device, autocast):
-    """Plain cross-entropy and the confusion matrix over the whole test set (summed over processes).
-
-    prepare: what turns a batch of the loader into the network's input on the device (here: normalisation).
-    """
-    net.eval()
-    loss_sum = torch.zeros((), device=device)
-    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)  # no GPU waits per batch
-    for x, y in loader:
-        x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-        with autocast():
-            logits = net(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        matrix += confusion_matrix(logits.argmax(1), y, num_classes)
-    loss_sum, matrix = all_reduce(loss_sum).item(), all_reduce(matrix).cpu()
-    return loss_sum / matrix.sum().item(), matrix.diag().sum().item() / matrix.sum().item(), matrix
 
 
 def train(args):

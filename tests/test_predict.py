@@ -1,6 +1,7 @@
 """predict.py end to end on a tiny checkpoint, attention rollout, and the classification metrics."""
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -239,6 +240,11 @@ def test_evaluate_matches_hand_count(ckpt, tmp_path, capsys):
         assert row["recall"] == pytest.approx(expected[i, i].item() / (3 + i))
     with Image.open(out / "confusion_matrix.png") as f:
         assert f.format == "PNG"
+    part = tmp_path / "part"  # a folder with one of the model's classes: counted in that class's row
+    shutil.copytree(tmp_path / "data" / "test" / CLASSES[2], part / CLASSES[2])
+    assert predict_here(capsys, "--model", path, "--evaluate", part, "--save", out).returncode == 0
+    matrix = json.loads((out / "evaluation.json").read_text())["confusion_matrix"]
+    assert matrix == [[0] * 3, [0] * 3, expected[2].tolist()]
 
 
 def test_evaluate_reports_bad_folders_and_images(ckpt, tmp_path, capsys):

@@ -1,5 +1,29 @@
-"""Classification metrics: confusion matrix, per-class precision/recall/F1, and a printable table."""
+"""Classification metrics: evaluation on a labelled set, confusion matrix, per-class precision/recall/F1, and a
+printable table."""
+from contextlib import nullcontext
+
 import torch
+import torch.nn.functional as F
+
+from vit.distributed import all_reduce
+
+
+@torch.no_grad()
+def evaluate(net, loader, prepare, num_classes, device, autocast=nullcontext):
+    """Plain cross-entropy and the confusion matrix over a loader of (images, labels), summed over processes:
+    -> (mean loss, accuracy, matrix on the CPU). prepare turns a batch into the network's input on the device
+    (train.py and predict.py: normalisation). Counted on the device, read back once (no GPU waits per batch)."""
+    net.eval()
+    loss_sum = torch.zeros((), device=device)
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    for x, y in loader:
+        x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        with autocast():
+            logits = net(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        matrix += confusion_matrix(logits.argmax(1), y, num_classes)
+    loss_sum, matrix = all_reduce(loss_sum).item(), all_reduce(matrix).cpu()
+    return loss_sum / matrix.sum().item(), matrix.diag().sum().item() / matrix.sum().item(), matrix
 
 
 def confusion_matrix(preds, labels, num_classes):
