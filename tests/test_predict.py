@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import predict as predict_script
@@ -15,7 +16,7 @@ from vit import build_model
 from vit.checkpoint import model_checkpoint, save_checkpoint
 from vit.data import decode, eval_transform
 from vit.explain import attention_rollout
-from vit.metrics import classification_report, confusion_matrix
+from vit.metrics import classification_report, confusion_matrix, evaluate
 
 REPO = Path(__file__).parents[1]
 CLASSES = ["cat", "dog", "fish"]
@@ -286,6 +287,16 @@ def test_metrics_by_hand():
     assert (b["precision"], b["recall"], b["support"]) == (0.5, 0.5, 2)
     c = report["classes"][2]
     assert c["precision"] == 1.0 and c["recall"] == pytest.approx(2 / 3) and c["f1"] == pytest.approx(0.8)
+
+
+def test_evaluate_counts_samples_not_batches():
+    logits = torch.tensor([[2.0, 0, 0], [0, 2, 0], [0, 0, 2], [2, 0, 0]])  # predicts 0, 1, 2, 0
+    labels = torch.tensor([0, 2, 2, 1])
+    batches = [(logits[:3], labels[:3]), (logits[3:], labels[3:])]  # 2 of 3 right, then 0 of 1
+    loss, acc, matrix = evaluate(torch.nn.Identity(), batches, lambda x: x, 3, torch.device("cpu"))
+    assert acc == 0.5  # over the 4 samples (the mean over the two batches would be 1/3)
+    assert loss == pytest.approx(F.cross_entropy(logits, labels).item())
+    assert matrix.tolist() == confusion_matrix(logits.argmax(1), labels, 3).tolist()
 
 
 def test_rollout_is_a_distribution_over_the_patch_grid():
