@@ -210,6 +210,18 @@ def test_a_cache_that_cannot_be_written_warns_and_decodes(tmp_path, capsys):
     assert re.match(f"warning: {tmp_path / 'cache'}/\\w+\\.pt: cannot write .*decoded again", capsys.readouterr().err)
 
 
+def test_more_images_than_memory_warns_before_decoding(tmp_path, capsys, monkeypatch):
+    make_tree(tmp_path, classes=("a", "b"), per_class=2)
+    data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    assert capsys.readouterr().err == ""  # 4 images of 8 px fit
+    monkeypatch.setattr(data, "physical_memory", lambda: 1024)  # 1 KiB; 4 images of 3 x 8 x 8 x 4/3 bytes need all of it
+    decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    assert len(decoded.images) == 4  # a warning, not an error: the estimate assumes 4:3 photos
+    assert capsys.readouterr().err == (f"warning: {tmp_path / 'train'}: 4 images take about 0.0 GiB once decoded, all "
+                                       "kept in memory (this machine has 0.0 GiB); if the run is killed, use fewer "
+                                       "images or a smaller image size\n")
+
+
 def test_image_dataset(tmp_path):
     make_tree(tmp_path, classes=("a", "b"), per_class=2)
     decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)

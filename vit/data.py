@@ -177,6 +177,14 @@ def _decode_or_why(path, size):
         return None, str(e).removeprefix(f"{path}: ")
 
 
+def physical_memory():
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def decode_many(paths, size, threads=THREADS):
     """decode() every path in `threads` threads: a list in the same order of (tensor, None) or (None, why)."""
     with ThreadPoolExecutor(threads) as pool:
@@ -189,6 +197,11 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
     split_dir = Path(split_dir)
     files = [(label, p) for label, name in enumerate(classes) for p in list_files(split_dir / name)]
     images = [(label, p) for label, p in files if is_image(p)]
+    need, memory = len(images) * 3 * size * size * 4 // 3, physical_memory()  # 4:3 photos
+    if memory and need > memory / 2:  # the decoded images stay in memory, cached or not
+        print(f"warning: {split_dir}: {len(images)} images take about {need / 2**30:.1f} GiB once decoded, all kept "
+              f"in memory (this machine has {memory / 2**30:.1f} GiB); if the run is killed, use fewer images or a "
+              "smaller image size", file=sys.stderr)
     cache = None
     if cache_dir is not None:
         stats = [(str(p.relative_to(split_dir)), p.stat().st_size, p.stat().st_mtime_ns) for _, p in files]
