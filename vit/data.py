@@ -192,8 +192,8 @@ def decode_many(paths, size, threads=THREADS):
 
 
 def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
-    """Decode every image of split_dir/<class>/ once (decode_many); corrupt ones go to `skipped`, the result may
-    be cached."""
+    """Decode every image of split_dir/<class>/ once (decode_many) and keep them; corrupt ones go to `skipped`, the
+    result may be cached. Warns first when they would take over half the machine's memory."""
     split_dir = Path(split_dir)
     files = [(label, p) for label, name in enumerate(classes) for p in list_files(split_dir / name)]
     images = [(label, p) for label, p in files if is_image(p)]
