@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure of the README, in one call of a lent GPU machine (every step has its own timeout, the most wanted
-# figures first; the steps before the last are cut at 395 s in all, so in a 600 s call the last one gets at least
-# 205 s of its 240, more when they finish early; an earlier form of the whole script took 414 s):
+# figures first; the steps before the last are cut at 410 s in all, so in a 600 s call the last one gets at least
+# 190 s of its 240, more when they finish early; an earlier form of the whole script took 414 s):
 #   bash bench/gpu_session.sh PHOTOS OUT
 # PHOTOS holds pizza_steak_sushi_20_percent/ (the e2e JPEGs); OUT receives at most 9 files.
 set -u
@@ -64,11 +64,13 @@ step host_ops
 timeout 25 python3 bench/host_ops.py --device cuda > "$OUT/host_ops.md" 2>/tmp/host_ops.err \
   || tail -5 /tmp/host_ops.err >> "$OUT/host_ops.md"
 
-# 4. the input pipeline alone: per-image DataLoader workers against batches augmented on the GPU (224 px; 64 px is in
-#    bench/README.md from 2026-11-27)
-step augment
-timeout 30 python3 bench/augment.py --device cuda --workers 8 --image-size 224 --images 2048 --batches 8 \
-  > "$OUT/augment.md" 2>&1
+# 4. where ViT-B/16's end-to-end epoch goes (76-80% of the model alone on 2026-11-27): the GPU's busy share of epoch
+#    2's training pass, its top operators, and any wait for the GPU (the decoded images are cached by step 2). The
+#    input pipeline alone (bench/augment.py) is in bench/README.md twice and left out now.
+step profile
+timeout 45 python3 bench/profile_epoch.py --epoch 2 --rows 25 -- --data /tmp/e2e --epochs 2 --out-dir /tmp/e2e-prof \
+  --name prof --cache-dir /tmp/e2e-cache --model vit_b_16 $VIT224 2>&1 | tr '\r' '\n' | grep -v "it/s\]" \
+  > "$OUT/profile.md"
 
 # 5. compiled, toward 50% MFU: ViT-B/16 at batch 256 with max-autotune (Triton GEMM templates, which can fuse the bias
 #    and GELU into the matrix products; without CUDA graphs, which gain nothing at this size), ours only: the
