@@ -59,7 +59,7 @@ FINETUNE = dict(SCRATCH,  # all weights, starting from pretrained ones (--pretra
     epochs=10, batch_size=32, lr=1e-4, warmup_epochs=1, mixup=0.0, trivial_augment=1.0)
 LINEAR_PROBE = dict(FINETUNE,  # the new head only, on frozen pretrained features (--pretrained --freeze)
     epochs=20, lr=3e-3, weight_decay=0.0, drop_path=0.0)
-RESUMABLE = ("device", "workers", "augment", "compile", "cache_dir", "stop_after")  # --resume takes these from argv
+RESUMABLE = ("device", "workers", "augment", "precision", "compile", "cache_dir", "stop_after")  # --resume: from argv
 # -----------------------------------------------------------------------------
 
 
@@ -111,6 +111,9 @@ def parse_args(argv=None):
     p.add_argument("--augment", choices=("auto", "workers", "device"), default="auto",
                    help="augment each image in the DataLoader workers, or whole batches on the training device "
                         "(vit/augment.py); auto: device on CUDA, workers elsewhere")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16: also on a CPU (faster where it has native "
+                        "bf16, e.g. AVX512-BF16); fp32: full precision everywhere")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (for GPUs: on a CPU it compiles for minutes to gain a few percent)")
     p.add_argument("--name", metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
@@ -201,7 +204,7 @@ def train(args):
         raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
     if args.workers is None:
         args.workers = 0 if device.type == "cpu" else min(8, os.cpu_count())
-    autocast, scaler = mixed_precision(device)
+    autocast, scaler = mixed_precision(device, args.precision)
 
     # model
     torch.manual_seed(args.seed)

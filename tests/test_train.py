@@ -15,7 +15,9 @@ from torchvision.models.vision_transformer import VisionTransformer as Torchvisi
 import train
 from vit import data
 from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from vit.device import mixed_precision
 from vit.distributed import log
+from vit.errors import UserError
 from vit.model import VisionTransformer, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,6 +319,24 @@ def test_batches_augmented_on_the_device_learn_too(reference, dataset, tmp_path)
     metrics, per_image = read_metrics(tmp_path, "dev"), read_metrics(reference[0], "ref")
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert metrics[-1]["test_acc"] >= 0.9 and metrics[-1]["train_loss"] != per_image[-1]["train_loss"]
+
+
+def test_bf16_on_the_cpu_learns_too(reference, dataset, tmp_path):
+    train.main(flags(dataset, tmp_path, "--epochs", "4", "--lr", "2e-3", "--name", "bf16", "--precision", "bf16"))
+    metrics, fp32 = read_metrics(tmp_path, "bf16"), read_metrics(reference[0], "ref")
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert metrics[-1]["test_acc"] >= 0.9 and metrics[-1]["train_loss"] != fp32[-1]["train_loss"]  # bf16 was used
+
+
+def test_precision_picks_the_autocast_dtype():
+    cpu, a = torch.device("cpu"), torch.ones(4, 4)
+    for precision, dtype in (("auto", torch.float32), ("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        autocast, scaler = mixed_precision(cpu, precision)
+        with autocast():
+            assert (a @ a).dtype == dtype, precision
+        assert not scaler.is_enabled()  # a gradient scaler only for fp16 (CUDA without bf16)
+    with pytest.raises(UserError, match=r"^--precision bf16: not supported on mps; use --precision auto or fp32$"):
+        mixed_precision(torch.device("mps"), "bf16")
 
 
 @pytest.mark.parametrize("world, rank, master",

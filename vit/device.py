@@ -27,12 +27,18 @@ def pick_device(name):
     return device
 
 
-def mixed_precision(device):
-    """(autocast, scaler) for training on `device`: bf16 autocast on CUDA, fp16 with a gradient scaler where bf16
-    is missing (the scaler does nothing otherwise), full precision elsewhere; TF32 matmuls allowed on CUDA."""
+def mixed_precision(device, precision="auto"):
+    """(autocast, scaler) for training on `device` at --precision. auto: bf16 autocast on CUDA (fp16 with a gradient
+    scaler where bf16 is missing; the scaler does nothing otherwise), full precision elsewhere; bf16: bf16 autocast
+    on CUDA or the CPU (faster on CPUs with native bf16, e.g. AVX512-BF16); fp32: full precision, no TF32 either."""
     dtype = None
-    if device.type == "cuda":
+    if precision == "bf16":
+        if device.type not in ("cpu", "cuda") or device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError(f"--precision bf16: not supported on {device}; use --precision auto or fp32")
+        dtype = torch.bfloat16
+    elif precision == "auto" and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else nullcontext
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
     return autocast, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
