@@ -301,14 +301,15 @@ class MixupCutmix:
 
     def __init__(self, num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, p=1.0):
         self.num_classes, self.p = num_classes, p
-        self.alphas = [(name, a) for name, a in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)) if a > 0]
+        self.alphas = [(name, torch.distributions.Beta(a, a))  # made once: each one costs the host a dozen operators
+                       for name, a in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)) if a > 0]
 
     def __call__(self, images, labels):
         targets = F.one_hot(labels, self.num_classes).to(images.dtype)
         if not self.alphas or torch.rand(()) >= self.p:
             return images, targets
-        name, alpha = self.alphas[torch.randint(len(self.alphas), ()).item()]
-        lam = torch.distributions.Beta(alpha, alpha).sample().item()
+        name, beta = self.alphas[torch.randint(len(self.alphas), ()).item()]
+        lam = beta.sample().item()
         partner = images.roll(1, 0)  # pair each image with its neighbour in the batch
         if name == "mixup":
             images = lam * images + (1 - lam) * partner
