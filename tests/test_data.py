@@ -60,6 +60,16 @@ def test_find_splits_missing_train(tmp_path):
         data.find_splits(tmp_path)
 
 
+def test_find_splits_class_folders_without_a_split_say_how_to_split(tmp_path):
+    for name in ("cat", "dog", "fox", "owl"):
+        write_image(tmp_path / name / "0.png")
+    with pytest.raises(UserError) as e:
+        data.find_splits(tmp_path)
+    assert str(e.value) == (f"{tmp_path}: class folders (cat, dog, fox, ...) but no train/ and test/; move about a "
+                            f"fifth of each class's images to {tmp_path / 'test' / '<class>'} and the rest to "
+                            f"{tmp_path / 'train' / '<class>'}")
+
+
 def test_find_splits_missing_test(tmp_path):
     write_image(tmp_path / "train" / "a" / "0.png")
     with pytest.raises(UserError, match=r"test: missing \(val/ is accepted too\)"):
@@ -214,7 +224,7 @@ def test_more_images_than_memory_warns_before_decoding(tmp_path, capsys, monkeyp
     make_tree(tmp_path, classes=("a", "b"), per_class=2)
     data.load_split(tmp_path / "train", ["a", "b"], size=8)
     assert capsys.readouterr().err == ""  # 4 images of 8 px fit
-    monkeypatch.setattr(data, "physical_memory", lambda: 1024)  # 1 KiB; 4 images of 3 x 8 x 8 x 4/3 bytes need all of it
+    monkeypatch.setattr(data, "physical_memory", lambda: 1024)  # 4 images of 3 x 8 x 8 x 4/3 bytes need all 1 KiB
     decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)
     assert len(decoded.images) == 4  # a warning, not an error: the estimate assumes 4:3 photos
     assert capsys.readouterr().err == (f"warning: {tmp_path / 'train'}: 4 images take about 0.0 GiB once decoded, all "

@@ -261,8 +261,9 @@ def test_evaluate_reports_bad_folders_and_images(ckpt, tmp_path, capsys):
     (tmp_path / "data" / "val" / "dog" / "1.png").write_bytes(b"\x89PNG broken")
     result = predict_here(capsys, "--model", path, "--evaluate", tmp_path / "data", "--save", tmp_path / "out")
     assert_clean_failure(result)  # the broken image is named, the others are evaluated
-    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
-        line for line in result.stderr.splitlines() if line.startswith(f"error: {tmp_path / 'data' / 'val' / 'dog' / '1.png'}: ")]
+    broken = f"error: {tmp_path / 'data' / 'val' / 'dog' / '1.png'}: "
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(broken), errors
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["total"] == 2
 
 

@@ -106,6 +106,12 @@ def find_splits(root):
     train_dir = root / "train"
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     if not train_dir.is_dir():
+        flat = [name for name in class_folders(root) if name not in ("test", "val")]
+        if flat and any(is_image(p) for p in (root / flat[0]).iterdir()):  # class folders, but no split
+            named = ", ".join(flat[:3]) + (", ..." if len(flat) > 3 else "")
+            raise UserError(f"{root}: class folders ({named}) but no train/ and test/; move about a fifth of each "
+                            f"class's images to {root / 'test' / '<class>'} and the rest to "
+                            f"{root / 'train' / '<class>'}")
         raise UserError(f"{train_dir}: missing; {layout}")
     if not test_dir.is_dir():
         raise UserError(f"{root / 'test'}: missing (val/ is accepted too); {layout}")
