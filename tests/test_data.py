@@ -60,7 +60,7 @@ def test_find_splits_missing_train(tmp_path):
         data.find_splits(tmp_path)
 
 
-def test_find_splits_class_folders_without_a_split_say_how_to_split(tmp_path):
+def test_find_splits_says_how_to_fix_a_folder_without_train_and_test(tmp_path):
     for name in ("cat", "dog", "fox", "owl"):
         write_image(tmp_path / name / "0.png")
     with pytest.raises(UserError) as e:
@@ -68,6 +68,9 @@ def test_find_splits_class_folders_without_a_split_say_how_to_split(tmp_path):
     assert str(e.value) == (f"{tmp_path}: class folders (cat, dog, fox, ...) but no train/ and test/; move about a "
                             f"fifth of each class's images to {tmp_path / 'test' / '<class>'} and the rest to "
                             f"{tmp_path / 'train' / '<class>'}")
+    make_tree(tmp_path / "ds")
+    with pytest.raises(UserError, match=r"train: one split of a dataset, not its root; pass the folder above it"):
+        data.find_splits(tmp_path / "ds" / "train")  # a split passed as --data
 
 
 def test_find_splits_missing_test(tmp_path):

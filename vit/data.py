@@ -106,6 +106,8 @@ def find_splits(root):
     train_dir = root / "train"
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
     if not train_dir.is_dir():
+        if root.name in ("train", "test", "val") and (root.parent / "train").is_dir():
+            raise UserError(f"{root}: one split of a dataset, not its root; pass the folder above it ({root.parent})")
         flat = [name for name in class_folders(root) if name not in ("test", "val")]
         if flat and any(is_image(p) for p in (root / flat[0]).iterdir()):  # class folders, but no split
             named = ", ".join(flat[:3]) + (", ..." if len(flat) > 3 else "")
