@@ -27,7 +27,7 @@ from vit.checkpoint import load_checkpoint, model_from_checkpoint
 from vit.data import (class_folders, decode_many, eval_images, eval_normalise, eval_transform, is_image, list_files,
                       load_split)
 from vit.device import pick_device
-from vit.errors import UserError
+from vit.errors import UserError, bounded
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure
 from vit.files import write_text
 from vit.metrics import classification_report, evaluate, format_report
@@ -44,9 +44,9 @@ def parse_args(argv):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="checkpoint written by train.py (models/RUN.pt)")
     source.add_argument("--pretrained", action="store_true", help="torchvision's ImageNet vit_b_16 instead")
-    parser.add_argument("--topk", type=int, default=3, help="classes shown per image (at most all classes)")
+    parser.add_argument("--topk", type=bounded(int, 1), default=3, help="classes shown per image (at most all classes)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32,
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=bounded(int, 1), default=32,
                         help="images per forward pass (32)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
     parser.add_argument("--save", help=f"figure path (one image) or folder (default {OUT_DIR})")
@@ -55,8 +55,6 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if not (args.images or args.img_path or args.evaluate):
         parser.error("give at least one image, folder or glob, or --evaluate ROOT")
-    if args.topk < 1 or args.batch_size < 1:
-        parser.error("--topk and --batch-size must be at least 1")
     return args
 
 

@@ -30,7 +30,7 @@ from vit.checkpoint import (CheckpointWriter, git_commit, load_checkpoint, model
                             resumed_args, training_checkpoint)
 from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, init_processes, is_master, log
-from vit.errors import UserError
+from vit.errors import UserError, bounded
 from vit.files import make_folders, write_text
 from vit.metrics import evaluate
 from vit.model import build_model, list_models
@@ -81,32 +81,34 @@ def parse_args(argv=None):
     """The command line; recipe flags default to None and are filled in from the recipe."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = recipe_defaults
+    count, share, amount = bounded(int, 1), bounded(float, 0, 1), bounded(float, 0)  # the flags' types and ranges
     p.add_argument("--data", metavar="ROOT",
                    help="dataset folder, or a known name (pizza_steak_sushi); default: bundled fashion set")
     p.add_argument("--model", choices=list_models(), metavar="NAME", help=f"{', '.join(list_models())} ({d('model')})")
     p.add_argument("--pretrained", nargs="?", const=True, metavar="PATH",
                    help="start from torchvision's ImageNet weights, or from a weights file / checkpoint at PATH")
     p.add_argument("--freeze", action="store_true", help="train only a new head on frozen pretrained features")
-    p.add_argument("--image-size", type=int, metavar="N", help=f"input size in pixels ({d('image_size')})")
-    p.add_argument("--patch-size", type=int, metavar="N", help=f"override the model's patch size ({d('patch_size')})")
-    p.add_argument("--num-layers", type=int, metavar="N", help="override the model's depth")
+    p.add_argument("--image-size", type=count, metavar="N", help=f"input size in pixels ({d('image_size')})")
+    p.add_argument("--patch-size", type=count, metavar="N", help=f"override the model's patch size ({d('patch_size')})")
+    p.add_argument("--num-layers", type=count, metavar="N", help="override the model's depth")
     p.add_argument("--stem", choices=("patch", "conv"),
                    help=f"patch: the paper's linear patch embedding; conv: its hybrid, a small CNN first ({d('stem')})")
-    p.add_argument("--epochs", type=int, metavar="N", help=f"total epochs ({d('epochs')})")
-    p.add_argument("--batch-size", type=int, metavar="N", help=f"images per step, all processes ({d('batch_size')})")
-    p.add_argument("--lr", type=float, metavar="F", help=f"peak learning rate ({d('lr')})")
-    p.add_argument("--weight-decay", type=float, metavar="F", help=f"AdamW weight decay ({d('weight_decay')})")
-    p.add_argument("--warmup-epochs", type=float, metavar="F", help=f"linear warmup ({d('warmup_epochs')})")
-    p.add_argument("--label-smoothing", type=float, metavar="F", help=f"label smoothing ({d('label_smoothing')})")
-    p.add_argument("--drop-path", type=float, metavar="F", help=f"stochastic depth rate ({d('drop_path')})")
-    p.add_argument("--mixup", type=float, metavar="P", help=f"Mixup/CutMix probability per batch ({d('mixup')})")
-    p.add_argument("--trivial-augment", type=float, metavar="P",
+    p.add_argument("--epochs", type=count, metavar="N", help=f"total epochs ({d('epochs')})")
+    p.add_argument("--batch-size", type=count, metavar="N", help=f"images per step, all processes ({d('batch_size')})")
+    p.add_argument("--lr", type=amount, metavar="F", help=f"peak learning rate ({d('lr')})")
+    p.add_argument("--weight-decay", type=amount, metavar="F", help=f"AdamW weight decay ({d('weight_decay')})")
+    p.add_argument("--warmup-epochs", type=amount, metavar="F", help=f"linear warmup ({d('warmup_epochs')})")
+    p.add_argument("--label-smoothing", type=share, metavar="F", help=f"label smoothing ({d('label_smoothing')})")
+    p.add_argument("--drop-path", type=bounded(float, 0, 1, below=True), metavar="F",
+                   help=f"stochastic depth rate ({d('drop_path')})")
+    p.add_argument("--mixup", type=share, metavar="P", help=f"Mixup/CutMix probability per batch ({d('mixup')})")
+    p.add_argument("--trivial-augment", type=share, metavar="P",
                    help=f"probability of a TrivialAugment op per training image ({d('trivial_augment')})")
-    p.add_argument("--clip-grad", type=float, metavar="F", help=f"max gradient norm, 0: none ({d('clip_grad')})")
+    p.add_argument("--clip-grad", type=amount, metavar="F", help=f"max gradient norm, 0: none ({d('clip_grad')})")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (0)")
     p.add_argument("--device", default="auto", metavar="DEV",
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--workers", type=int, metavar="N",
+    p.add_argument("--workers", type=bounded(int, 0), metavar="N",
                    help="data loader processes (default: 0 on CPU, min(8, cores) on a GPU)")
     p.add_argument("--augment", choices=("auto", "workers", "device"), default="auto",
                    help="augment each image in the DataLoader workers, or whole batches on the training device "
@@ -122,7 +124,7 @@ def parse_args(argv=None):
                    help="decoded-image cache (data/.cache)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt, with its settings; "
                    f"only {flags(RESUMABLE)} may change")
-    p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs of this session (resume later)")
+    p.add_argument("--stop-after", type=count, metavar="N", help="stop after N epochs of this session (resume later)")
     args = p.parse_args(argv)
     args.given = [k for k, v in vars(args).items() if v != p.get_default(k)]  # what --resume must not ignore silently
     recipe = LINEAR_PROBE if args.freeze else FINETUNE if args.pretrained else SCRATCH

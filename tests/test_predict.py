@@ -154,6 +154,13 @@ def test_cuda_predictions_and_rollout_match_the_cpu(ckpt, tmp_path, capsys):
     assert on_gpu == pytest.approx(attention_rollout(tiny_model(), x), abs=1e-4)
 
 
+def test_topk_below_one_is_refused(ckpt, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        predict_script.main(["--model", str(ckpt[0]), str(write_image(tmp_path / "one.jpg", 3)), "--topk", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(": error: argument --topk: must be at least 1, not 0")
+
+
 def test_bad_images_are_reported_and_the_others_predicted(ckpt, tmp_path):
     path, _ = ckpt
     good = [write_image(tmp_path / f"good{i}.png", i) for i in range(2)]

@@ -267,6 +267,22 @@ def test_bad_flags_are_one_line_errors(extra, message, dataset, tmp_path, capsys
     assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists()  # a failed start leaves nothing
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--batch-size", "0"], "--batch-size: must be at least 1, not 0"),
+    (["--epochs", "x"], "--epochs: invalid int value: 'x'"),
+    (["--lr", "-1"], "--lr: must be at least 0, not -1"),
+    (["--mixup", "1.5"], "--mixup: must be at least 0 and at most 1, not 1.5"),
+    (["--drop-path", "1"], "--drop-path: must be at least 0 and below 1, not 1"),
+    (["--workers", "-1"], "--workers: must be at least 0, not -1"),
+])
+def test_flags_out_of_range_are_refused_before_anything_runs(extra, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--out-dir", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.splitlines()[-1].endswith(f": error: argument {message}"), err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
 def test_out_dir_that_cannot_hold_folders_stops_before_training(dataset, tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(SystemExit) as exit_:

@@ -1,8 +1,24 @@
-"""One exception type for mistakes a user can fix (bad path, bad image, wrong checkpoint).
+"""One exception type for mistakes a user can fix (bad path, bad image, wrong checkpoint), and the range check of
+numeric command-line flags.
 
-Scripts catch it and print its message as one line, never a traceback.
+Scripts catch UserError and print its message as one line, never a traceback.
 """
+import argparse
+import math
 
 
 class UserError(Exception):
     """A problem in the user's input, with a message that names the file and what to do."""
+
+
+def bounded(kind, low, high=math.inf, below=False):
+    """An argparse type: a `kind` (int or float) from low to high (strictly below high with below=True), so that a
+    flag out of range is argparse's one error line, not a traceback deep in training."""
+    def parse(text):
+        value = kind(text)  # not a number: argparse's own "invalid int value" line
+        if not low <= value <= high or below and value == high:  # NaN too
+            top = f" and {'below' if below else 'at most'} {high}" if high < math.inf else ""
+            raise argparse.ArgumentTypeError(f"must be at least {low}{top}, not {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
