@@ -26,8 +26,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from vit import augment, data, plots
-from vit.checkpoint import (CheckpointWriter, git_commit, load_checkpoint, model_from_checkpoint, restore_training,
-                            resumed_args, training_checkpoint)
+from vit.checkpoint import (CheckpointWriter, git_commit, load_checkpoint, model_flags, model_from_checkpoint,
+                            restore_training, resumed_args, training_checkpoint)
 from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, init_processes, is_master, log
 from vit.errors import UserError, bounded
@@ -185,6 +185,9 @@ def train(args):
             log(f"{args.resume}: the run finished all {args.epochs} epochs, nothing to resume; "
                 "for more epochs start a new run (--epochs N --name NEW)")
             return list(ckpt["metrics"])
+    if isinstance(args.pretrained, str) and not ckpt:  # one of our checkpoints names its model: build that one
+        for key, value in model_flags(args.pretrained).items():
+            setattr(args, key, getattr(args, key) if key in given else value)
     root = data.resolve_data(args.data)
     splits = data.find_splits(root)
     args.data = str(root.resolve())  # recorded in checkpoints, so --resume works from any folder
@@ -199,6 +202,9 @@ def train(args):
     results = out / "results" / args.name
     if last.exists() and not ckpt:
         raise UserError(f"{last}: a run of this name exists; pick another --name or continue it with --resume {last}")
+    if ckpt and last.exists() and not os.path.samefile(args.resume, last):  # e.g. RUN-best.pt of a run that went on
+        raise UserError(f"{args.resume}: an earlier checkpoint of the run saved in {last}, which resuming would "
+                        f"overwrite; resume {last}, or start a new run from these weights: --pretrained {args.resume}")
 
     # processes and device
     device, world, rank = init_processes(pick_device(args.device))

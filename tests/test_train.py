@@ -142,6 +142,21 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing(reference, capsys):
     assert metrics == read_metrics(out, "ref") and {f: f.stat().st_mtime_ns for f in files} == before
 
 
+def test_resuming_an_earlier_checkpoint_would_overwrite_the_latest_and_is_refused(dataset, tmp_path, capsys):
+    models = tmp_path / "models"
+    train.main(flags(dataset, tmp_path, "--epochs", "3", "--name", "run", "--stop-after", "1"))
+    (models / "epoch1.pt").write_bytes((models / "run.pt").read_bytes())  # as RUN-best.pt is, once the run goes on
+    train.main(["--resume", str(models / "run.pt"), "--stop-after", "1"])
+    latest, _ = (models / "run.pt").read_bytes(), capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--resume", str(models / "epoch1.pt")])
+    assert exit_.value.code == 2 and capsys.readouterr().err == (
+        f"error: {models / 'epoch1.pt'}: an earlier checkpoint of the run saved in {models / 'run.pt'}, which "
+        f"resuming would overwrite; resume {models / 'run.pt'}, or start a new run from these weights: --pretrained "
+        f"{models / 'epoch1.pt'}\n")
+    assert (models / "run.pt").read_bytes() == latest and load_checkpoint(models / "run.pt")["epoch"] == 2
+
+
 def test_run_saved_before_trivial_augment_was_a_flag_resumes_with_it_on(dataset, tmp_path, capsys):
     path = tmp_path / "models" / "old.pt"
     train.main(flags(dataset, tmp_path, "--epochs", "2", "--name", "old", "--stop-after", "1"))
@@ -216,6 +231,20 @@ def test_pretrained_full_finetune_starts_from_the_weights(dataset, tmp_path):
         if not key.startswith("head."):
             assert torch.equal(ckpt["state_dict"][key], value), key
     assert ckpt["state_dict"]["head.weight"].shape == (2, 192)
+
+
+def test_pretrained_from_our_checkpoint_builds_its_model(reference, dataset, tmp_path):
+    source = reference[0] / "models" / "ref.pt"  # vit_ti_16, 16 px, 4 px patches from the conv stem, 2 layers
+    train.main(["--data", str(dataset), "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"),
+                "--batch-size", "8", "--device", "cpu", "--pretrained", str(source), "--lr", "0", "--epochs", "1",
+                "--name", "more"])  # no model flags: the fine-tuning recipe alone would build a 224 px vit_b_16
+    old, new = load_checkpoint(source), load_checkpoint(tmp_path / "models" / "more.pt")
+    assert new["model"]["name"] == "vit_ti_16"
+    for key in ("image_size", "patch_size", "num_layers", "hidden_dim", "stem"):
+        assert new["model"]["config"][key] == old["model"]["config"][key], key
+    for key, value in old["state_dict"].items():  # lr 0: the checkpoint's weights (batch-norm statistics move)
+        if "running_" not in key and "num_batches" not in key:
+            assert torch.equal(new["state_dict"][key], value), key
 
 
 def make_bad(kind, root):

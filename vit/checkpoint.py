@@ -103,6 +103,16 @@ def load_checkpoint(path):
     return ckpt
 
 
+def model_flags(path):
+    """train.py's model flags (model, patch_size, num_layers, stem) for the weights in `path` when it is one of
+    train.py's checkpoints, so that --pretrained CHECKPOINT builds its model; {} for any other weights file."""
+    obj = safe_load(path)
+    model = obj.get("model") if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT else None
+    if not isinstance(model, dict) or not model.get("name"):
+        return {}
+    return {"model": model["name"], **{k: model["config"][k] for k in ("patch_size", "num_layers", "stem")}}
+
+
 def model_checkpoint(model):
     """The part of a checkpoint that model_from_checkpoint rebuilds the model from (train.py adds its state)."""
     return {"format": CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
