@@ -11,7 +11,7 @@ import torch
 from vit.errors import UserError
 from vit.files import replace_atomically
 from vit.model import VisionTransformer
-from vit.weights import CHECKPOINT_FORMAT, safe_load
+from vit.weights import CHECKPOINT_FORMAT, is_checkpoint, safe_load
 
 
 def save_checkpoint(obj, path):
@@ -96,7 +96,7 @@ class CheckpointWriter:
 def load_checkpoint(path):
     """A checkpoint written by train.py; anything else is refused with a message naming the file."""
     ckpt = safe_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not is_checkpoint(ckpt):
         raise UserError(f"{path}: not a checkpoint of this project (written by train.py); "
                         "for plain weights use build_model(name, pretrained=PATH)")
     ckpt["path"] = str(path)
@@ -107,10 +107,11 @@ def model_flags(path):
     """train.py's model flags (model, patch_size, num_layers, stem) for the weights in `path` when it is one of
     train.py's checkpoints, so that --pretrained CHECKPOINT builds its model; {} for any other weights file."""
     obj = safe_load(path)
-    model = obj.get("model") if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT else None
-    if not isinstance(model, dict) or not model.get("name"):
+    model = obj.get("model") if is_checkpoint(obj) else None
+    if not isinstance(model, dict) or not model.get("name") or not isinstance(model.get("config"), dict):
         return {}
-    return {"model": model["name"], **{k: model["config"][k] for k in ("patch_size", "num_layers", "stem")}}
+    flags = {k: v for k, v in model["config"].items() if k in ("patch_size", "num_layers", "stem")}
+    return {"model": model["name"], **flags}
 
 
 def model_checkpoint(model):

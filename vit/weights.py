@@ -70,6 +70,11 @@ def safe_load(path):
                         "is it a weights file?") from None
 
 
+def is_checkpoint(obj):
+    """Whether a loaded file is one of train.py's checkpoints."""
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
 def from_torchvision(state_dict):
     """Rename a torchvision VisionTransformer state dict to this project's parameter names."""
     renamed = {}
@@ -85,7 +90,7 @@ def find_pretrained(name, pretrained):
     if pretrained is True:
         return _torchvision_weights(name)
     obj = safe_load(pretrained)
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:  # one of train.py's checkpoints
+    if is_checkpoint(obj):
         return Pretrained(obj["state_dict"], str(pretrained), obj.get("preprocess"), obj.get("classes"))
     if isinstance(obj, dict) and "conv_proj.weight" in obj:
         return Pretrained(from_torchvision(obj), str(pretrained))
