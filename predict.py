@@ -5,9 +5,10 @@
     python predict.py --model models/RUN.pt --evaluate data/pizza_steak_sushi
 
 Per image: a top-K table (or with --json one JSON object per line) and a figure results/predictions/<stem>.png
-(--save: the figure's path for one image, else a folder), with --explain also <stem>_attention.png (attention
-rollout); for a folder, a glob or several images also predictions.csv. --evaluate ROOT (a split folder
-ROOT/<class>/<images>, or a root holding test/) adds accuracy, per-class precision/recall/F1 and a confusion matrix.
+(--save: the figure's path for one image, else a folder; --no-figures: none), with --explain also
+<stem>_attention.png (attention rollout); for a folder, a glob or several images also predictions.csv.
+--evaluate ROOT (a split folder ROOT/<class>/<images>, or a root holding test/) adds accuracy, per-class
+precision/recall/F1 and a confusion matrix.
 Unreadable images are reported one line each and skipped; the exit status is then 2.
 """
 import argparse
@@ -51,10 +52,14 @@ def parse_args(argv):
     parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
     parser.add_argument("--save", help=f"figure path (one image) or folder (default {OUT_DIR})")
     parser.add_argument("--explain", action="store_true", help="also save the attention rollout over the photo")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="no figure per image, only the table or JSON and predictions.csv (large folders)")
     parser.add_argument("--evaluate", metavar="ROOT", help="labelled folder to measure accuracy on")
     args = parser.parse_args(argv)
     if not (args.images or args.img_path or args.evaluate):
         parser.error("give at least one image, folder or glob, or --evaluate ROOT")
+    if args.explain and args.no_figures:
+        parser.error("--explain saves figures; leave out --no-figures")
     return args
 
 
@@ -187,6 +192,9 @@ def run(args):
         top = probs.topk(k)
         names, top_probs = [model.classes[i] for i in top.indices], top.values.tolist()
         show(path, names, top_probs, label, args.json)
+        rows.append([str(path)] + [v for pair in zip(names, top_probs) for v in pair])
+        if args.no_figures:
+            continue
         view = model_view(tensor, model.preprocess)
         save_prediction_figure(view, names, top_probs, figures[path])
         saved.append(figures[path])
@@ -194,7 +202,6 @@ def run(args):
             title = f"{names[0]} ({top_probs[0]:.1%})"
             saved.append(figures[path].with_name(f"{figures[path].stem}_attention.png"))
             save_attention_figure(view, attn_map, title, saved[-1])
-        rows.append([str(path)] + [v for pair in zip(names, top_probs) for v in pair])
     if saved:  # on stderr, so that --json's output stays one object per line
         where = " and ".join(map(str, saved)) if len(rows) == 1 else f"{len(saved)} figures in {out_dir}/"
         print(f"saved {where}", file=sys.stderr)

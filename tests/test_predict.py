@@ -1,6 +1,7 @@
 """predict.py end to end on a tiny checkpoint, attention rollout, and the classification metrics."""
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,15 @@ def test_folder_json_matches_model_with_figures_csv_and_attention(ckpt, tmp_path
     for row in rows:
         assert row["class_1"] == by_image[row["image"]]["class"]
         assert float(row["probability_1"]) == pytest.approx(by_image[row["image"]]["probability"], abs=1e-5)
+
+
+def test_no_figures_writes_only_the_table_and_csv(ckpt, tmp_path, capsys):
+    images = [write_image(tmp_path / "photos" / f"img{i}.png", i) for i in range(3)]
+    out = tmp_path / "out"
+    result = predict_here(capsys, "--model", ckpt[0], tmp_path / "photos", "--json", "--save", out, "--no-figures")
+    assert result.returncode == 0, result.stderr
+    assert sorted(json.loads(line)["image"] for line in result.stdout.splitlines()) == sorted(map(str, images))
+    assert os.listdir(out) == ["predictions.csv"] and "figures in" not in result.stderr
 
 
 def test_single_image_table_and_save_path(ckpt, tmp_path, capsys):
