@@ -146,8 +146,8 @@ def resumed_args(ckpt, args, keep, given=()):
     resumed.out_dir = str(Path(args.resume).resolve().parent.parent)
     mine = dict(vars(args))
     if mine.get("data"):  # a path or a dataset name -> the folder, resolved, as train.py saves it
-        from vit.data import DATA_DIR, DATASETS  # vit.data imports this module
-        mine["data"] = str((DATA_DIR / mine["data"] if mine["data"] in DATASETS else Path(mine["data"])).resolve())
+        from vit.data import dataset_folder  # vit.data imports this module
+        mine["data"] = str(dataset_folder(mine["data"]).resolve())
     return resumed, [k for k in given if k not in (*keep, "resume") and mine[k] != saved.get(k)]
 
 

@@ -35,17 +35,23 @@ CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
 THREADS = min(8, os.cpu_count() or 1)  # decoding threads: Pillow decodes and resizes without holding the GIL
 
 
-def resolve_data(arg, data_dir=DATA_DIR):
-    """Turn --data into a dataset folder: None -> the bundled set, a known name -> download once, else a path."""
-    data_dir = Path(data_dir)
+def dataset_folder(arg, data_dir=DATA_DIR):
+    """Where --data points, nothing checked or downloaded: None -> the bundled set, a known name -> its folder
+    under data_dir, else the path."""
     if arg is None:
-        return data_dir / "fashion_mnist_small"
+        return Path(data_dir) / "fashion_mnist_small"
+    return Path(data_dir) / arg if arg in DATASETS else Path(arg)
+
+
+def resolve_data(arg, data_dir=DATA_DIR):
+    """Turn --data into a dataset folder (dataset_folder): a known name is downloaded once, a path must exist."""
+    folder = dataset_folder(arg, data_dir)
     if arg in DATASETS:
-        return download(DATASETS[arg], data_dir / arg)
-    if not Path(arg).exists():
+        return download(DATASETS[arg], folder)
+    if not folder.exists():
         raise UserError(f"{arg}: no such folder and not a known dataset name (known: {', '.join(DATASETS)}); "
                         "pass a folder containing train/ and test/, or one of the names")
-    return Path(arg)
+    return folder
 
 
 def download(url, dest):
