@@ -106,7 +106,10 @@ def load_checkpoint(path):
 def model_flags(path):
     """train.py's model flags (model, patch_size, num_layers, stem) for the weights in `path` when it is one of
     train.py's checkpoints, so that --pretrained CHECKPOINT builds its model; {} for any other weights file."""
-    obj = safe_load(path)
+    try:  # mapped, not read: build_model loads the weights next (and names what is wrong with a bad file)
+        obj = safe_load(path, mmap=True)
+    except UserError:
+        return {}
     model = obj.get("model") if is_checkpoint(obj) else None
     if not isinstance(model, dict) or not model.get("name") or not isinstance(model.get("config"), dict):
         return {}

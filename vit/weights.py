@@ -53,15 +53,16 @@ class Pretrained:
         return patch * math.isqrt(self.state_dict["embed.pos_embed"].shape[1] - 1)
 
 
-def safe_load(path):
-    """torch.load with weights_only=True: tensors and plain containers only, nothing is executed."""
+def safe_load(path, mmap=False):
+    """torch.load with weights_only=True: tensors and plain containers only, nothing is executed. mmap=True maps the
+    tensors' bytes instead of reading them (for a look at a file's small entries; torch.save's zip format only)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file; check the path")
     try:
         with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing them
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise UserError(f"{path}: not a plain weights file (it holds pickled Python objects, which are never "
                         "unpickled here); save model.state_dict() or a checkpoint of train.py instead") from None
