@@ -356,21 +356,15 @@ def test_huge_learning_rate_diverges_with_a_message(dataset, tmp_path, capsys):
     assert not (tmp_path / "models" / "big.pt").exists()
 
 
-def test_batches_augmented_on_the_device_learn_too(reference, dataset, tmp_path):
-    result = run_script(*flags(dataset, tmp_path, "--epochs", "4", "--lr", "2e-3", "--name", "dev",
-                               "--augment", "device"))
-    assert result.returncode == 0, result.stderr
-    assert "augment: whole batches on cpu" in result.stdout
-    metrics, per_image = read_metrics(tmp_path, "dev"), read_metrics(reference[0], "ref")
+@pytest.mark.parametrize("extra, says", [(["--augment", "device"], "augment: whole batches on cpu"),
+                                          (["--precision", "bf16"], "")])
+def test_batches_augmented_on_the_device_and_bf16_on_the_cpu_learn_too(extra, says, reference, dataset, tmp_path,
+                                                                       capsys):
+    train.main(flags(dataset, tmp_path, "--epochs", "4", "--lr", "2e-3", "--name", "other", *extra))
+    assert says in capsys.readouterr().out
+    metrics, per_image_fp32 = read_metrics(tmp_path, "other"), read_metrics(reference[0], "ref")
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
-    assert metrics[-1]["test_acc"] >= 0.9 and metrics[-1]["train_loss"] != per_image[-1]["train_loss"]
-
-
-def test_bf16_on_the_cpu_learns_too(reference, dataset, tmp_path):
-    train.main(flags(dataset, tmp_path, "--epochs", "4", "--lr", "2e-3", "--name", "bf16", "--precision", "bf16"))
-    metrics, fp32 = read_metrics(tmp_path, "bf16"), read_metrics(reference[0], "ref")
-    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
-    assert metrics[-1]["test_acc"] >= 0.9 and metrics[-1]["train_loss"] != fp32[-1]["train_loss"]  # bf16 was used
+    assert metrics[-1]["test_acc"] >= 0.9 and metrics[-1]["train_loss"] != per_image_fp32[-1]["train_loss"]
 
 
 def test_precision_picks_the_autocast_dtype():
