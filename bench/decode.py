@@ -10,6 +10,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vit import data  # noqa: E402
@@ -21,7 +22,7 @@ parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
 parser.add_argument("--repeats", type=int, default=3)
 args = parser.parse_args()
 
-classes = data.class_folders(data.Path(args.split_dir))
+classes = data.class_folders(Path(args.split_dir))
 times = {(size, threads): [] for size in args.sizes for threads in args.threads}
 for _ in range(args.repeats):
     for size, threads in times:
