@@ -40,6 +40,20 @@ def test_one_checkpoint_saved_to_two_paths_is_written_once(tmp_path):
     assert torch.load(tmp_path / "best.pt")["w"].equal(torch.arange(10))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_checkpoint_holds_the_values_at_save(tmp_path):
+    """From a GPU the copy goes to pinned memory without waiting: the file must still hold the values at save(),
+    neither a half-finished copy nor the update the GPU makes next."""
+    big = torch.randn(64, 1024, 1024, device="cuda")  # 256 MB: its copy is still running when the update is queued
+    expected = big.cpu()
+    writer = CheckpointWriter()
+    writer.save({"w": big, "step": torch.tensor(3.0, device="cuda")}, tmp_path / "last.pt")
+    big.mul_(2)
+    writer.close()
+    saved = torch.load(tmp_path / "last.pt")
+    assert saved["w"].equal(expected) and saved["step"].item() == 3.0 and big.cpu().equal(expected * 2)
+
+
 def test_write_error_is_raised_by_close(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     writer = CheckpointWriter()

@@ -15,18 +15,30 @@ from vit.weights import CHECKPOINT_FORMAT, is_checkpoint, safe_load
 
 
 def save_checkpoint(obj, path):
-    """torch.save, written atomically (replace_atomically)."""
-    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save, written atomically (replace_atomically). Through a Python file object: given a file name,
+    torch.save holds the GIL for about 0.2 s while it opens and again while it closes the file, which stalls the
+    training loop when CheckpointWriter's thread is writing (bench/checkpoint.py)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+    replace_atomically(path, write)
 
 
-def cpu_copy(obj):
-    """A copy of obj's containers with every tensor copied to the CPU, safe from later in-place updates."""
+def cpu_copy(obj, cuda_devices=None):
+    """A copy of obj's containers with every tensor copied to the CPU, safe from later in-place updates.
+
+    With a set for cuda_devices, CUDA tensors are copied into pinned memory without waiting for the GPU (their
+    devices are added to the set): the copies are complete once those devices' current streams reach this point.
+    Otherwise every copy is complete on return."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        if cuda_devices is None or not obj.is_cuda:
+            return obj.detach().to("cpu", copy=True)
+        cuda_devices.add(obj.device)
+        return torch.empty_like(obj, device="cpu", pin_memory=True).copy_(obj.detach(), non_blocking=True)
     if isinstance(obj, dict):
-        return {k: cpu_copy(v) for k, v in obj.items()}
+        return {k: cpu_copy(v, cuda_devices) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(cpu_copy(v) for v in obj)
+        return type(obj)(cpu_copy(v, cuda_devices) for v in obj)
     return obj
 
 
@@ -44,7 +56,8 @@ def link_or_copy(src, path):
 class CheckpointWriter:
     """Writes checkpoints from a background thread, so training does not wait for the disk.
 
-    save() takes a CPU copy of the checkpoint and returns. The thread writes the newest copy for each
+    save() starts a CPU copy of the checkpoint and returns (from a GPU: into pinned memory, without waiting for
+    the GPU; the thread waits for the copy before writing it). The thread writes the newest copy for each
     path (copies that a newer one replaced before their turn are skipped: only when epochs finish faster
     than the disk writes, and so at most one copy per path waits in memory besides the one being
     written); one copy saved to several paths is written once and linked. close() returns
@@ -59,9 +72,11 @@ class CheckpointWriter:
         with self.lock:  # a copy still waiting for these paths is outdated: free its memory before copying again
             for path in paths:
                 self.pending.pop(Path(path), None)
-        copy = cpu_copy(obj)
+        devices = set()
+        copy = cpu_copy(obj, devices)
+        copied = [torch.cuda.current_stream(d).record_event() for d in devices]  # the copies are done at these
         with self.lock:
-            self.pending.update((Path(p), copy) for p in paths)
+            self.pending.update((Path(p), (copy, copied)) for p in paths)
             if self.thread is None:
                 self.thread = threading.Thread(target=self._write, name="checkpoint-writer")
                 self.thread.start()
@@ -75,10 +90,12 @@ class CheckpointWriter:
                 jobs, self.pending = list(self.pending.items()), {}
             written = {}  # id(copy) -> the path it went to first
             try:
-                for path, copy in jobs:
+                for path, (copy, copied) in jobs:
                     if id(copy) in written:
                         link_or_copy(written[id(copy)], path)
                     else:
+                        for event in copied:
+                            event.synchronize()
                         save_checkpoint(copy, path)
                         written[id(copy)] = path
             except BaseException as e:
