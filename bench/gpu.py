@@ -2,6 +2,7 @@
 
     python bench/gpu.py [--models vit_b_16 vit_ti_16] [--batch 128] [--compile]
     python bench/gpu.py --models vit_ti_16 --impls ours --image-size 64 --patch-size 8 --num-layers 6 --stem conv
+    python bench/gpu.py --compile --models vit_b_16 --impls ours --batch 256 --profile 10   # where a step's time goes
 
 Random GPU-resident batches, bf16 autocast, fused AdamW, 224 px unless --image-size. Prints one markdown table:
 training and inference images/s, peak training memory, and model-FLOP utilisation (MFU) of the
@@ -34,6 +35,8 @@ parser.add_argument("--rounds", type=int, default=3, help="each case timed this 
 parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to start)")
 parser.add_argument("--compile-mode", default="default", help="torch.compile's mode, e.g. max-autotune")
 parser.add_argument("--peak-tflops", type=float, default=790.0)
+parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="then profile this many training steps of each case: GPU time by kind of kernel, top kernels")
 parser.add_argument("--json", help="also write the rows to this file")
 parser.add_argument("--device", default="cuda", help="cpu only to smoke-test this script")
 args = parser.parse_args()
@@ -81,6 +84,28 @@ def setup(impl, name, compiled):
     return model, train_step, infer_step, peak
 
 
+KINDS = {"attention": ("flash", "fmha", "sdpa", "attention"),  # kernel names; the patch convolution is a GEMM
+         "matrix products": ("gemm", "nvjet", "cutlass", "xmma", "triton_mm", "triton_tem", "wgrad", "dgrad")}
+
+
+def profile_steps(label, train_step):
+    """GPU time of --profile training steps by kind of kernel (matched by name), then the kernels with the most."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.profile):
+            train_step()
+        sync()
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = max(sum(e.self_device_time_total for e in kernels) / args.profile / 1e3, 1e-9)  # 0 on a CPU
+    by_kind = dict.fromkeys([*KINDS, "other"], 0.0)
+    for e in kernels:
+        kind = next((k for k, words in KINDS.items() if any(w in e.key.lower() for w in words)), "other")
+        by_kind[kind] += e.self_device_time_total / args.profile / 1e3
+    print(f"\n# {label}: GPU time per training step {total:.2f} ms: "
+          + ", ".join(f"{k} {v:.2f} ms ({v / total:.0%})" for k, v in by_kind.items()))
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25), flush=True)
+
+
 shape = "".join(f", {k} {v}" for k, v in overrides.items())
 print(f"# {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
       f"batch {args.batch}, {args.image_size} px{shape}, bf16 autocast, compile mode {args.compile_mode}, "
@@ -117,6 +142,9 @@ for compiled in ([False, True] if args.compile else [False]):
             rows.append(row)
             print("| {model} | {impl} | {mode} | {train_img_s:,} | {infer_img_s:,} | {peak_gib} | {train_mfu:.0%} |"
                   .format(**row), flush=True)
+        for impl, (model, train_step, _, _) in cases.items() if args.profile else ():
+            model.train()
+            profile_steps(f"{name} {impl} {mode}", train_step)
         del cases, times
 if args.json:
     with open(args.json, "w") as f:
