@@ -16,8 +16,8 @@ from vit.weights import CHECKPOINT_FORMAT, is_checkpoint, safe_load
 
 def save_checkpoint(obj, path):
     """torch.save, written atomically (replace_atomically). Through a Python file object: given a file name,
-    torch.save holds the GIL for about 0.2 s while it opens and again while it closes the file, which stalls the
-    training loop when CheckpointWriter's thread is writing (bench/checkpoint.py)."""
+    torch.save holds the GIL for 0.2-0.3 s as it opens and again as it closes the file, which stalls the training
+    loop while CheckpointWriter's thread writes (bench/checkpoint.py)."""
     def write(tmp):
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -57,7 +57,8 @@ class CheckpointWriter:
     """Writes checkpoints from a background thread, so training does not wait for the disk.
 
     save() starts a CPU copy of the checkpoint and returns (from a GPU: into pinned memory, without waiting for
-    the GPU; the thread waits for the copy before writing it). The thread writes the newest copy for each
+    the GPU; the thread waits for the copy before writing it; PyTorch keeps the freed pinned memory for the next
+    copy). The thread writes the newest copy for each
     path (copies that a newer one replaced before their turn are skipped: only when epochs finish faster
     than the disk writes, and so at most one copy per path waits in memory besides the one being
     written); one copy saved to several paths is written once and linked. close() returns
