@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 5's open goals, in one call of a lent GPU machine (each step has its own timeout,
-# the most wanted first, 610 s in all; the same steps took about 450 s in the third session's two calls, so the
-# last, a profile, is the one a 600 s call could cut):
+# the most wanted first, 610 s in all; from the third session's step times about 450 s are expected, and a 600 s
+# call could cut only the last, a profile):
 #   bash bench/gpu_session.sh PHOTOS OUT
 # PHOTOS holds pizza_steak_sushi_20_percent/ (the end-to-end JPEGs); OUT receives 7 files.
 set -u
