@@ -29,12 +29,17 @@ def cpu_copy(obj, cuda_devices=None):
 
     With a set for cuda_devices, CUDA tensors are copied into pinned memory without waiting for the GPU (their
     devices are added to the set): the copies are complete once those devices' current streams reach this point.
-    Otherwise every copy is complete on return."""
+    Every other copy is complete on return."""
     if isinstance(obj, torch.Tensor):
-        if cuda_devices is None or not obj.is_cuda:
-            return obj.detach().to("cpu", copy=True)
-        cuda_devices.add(obj.device)
-        return torch.empty_like(obj, device="cpu", pin_memory=True).copy_(obj.detach(), non_blocking=True)
+        if cuda_devices is not None and obj.is_cuda:
+            try:  # pinned memory can be refused (it is scarce under WSL, for one): then the plain copy below
+                pinned = torch.empty_like(obj, device="cpu", pin_memory=True)
+            except RuntimeError:
+                pass
+            else:
+                cuda_devices.add(obj.device)
+                return pinned.copy_(obj.detach(), non_blocking=True)
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: cpu_copy(v, cuda_devices) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
