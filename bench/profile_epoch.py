@@ -72,7 +72,8 @@ def profiled_epoch(*a, **kw):
     print(f"\n# epoch {target}, training pass: {wall:.3f} s wall (profiled)")
     print(ops.table(sort_by=sort, row_limit=args.rows))
     if cuda:
-        busy = sum(e.self_device_time_total for e in ops) / 1e6
+        # the GPU's own rows: an operator's row repeats the time of the kernels it launched
+        busy = sum(e.self_device_time_total for e in ops if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
         print(f"GPU busy {busy:.3f} s of {wall:.3f} s: {100 * busy / wall:.0f}%")
         print("syncs (count, where):" if syncs else "syncs: none")
         for where, n in syncs.most_common():
