@@ -9,7 +9,7 @@ import torch
 from matplotlib.figure import Figure
 
 from vit import UserError
-from vit.checkpoint import CheckpointWriter, resumed_args
+from vit.checkpoint import CheckpointWriter, cpu_copy, resumed_args
 from vit.data import DATA_DIR
 from vit.files import replace_atomically, write_text
 from vit.plots import save_figure
@@ -52,6 +52,22 @@ def test_cuda_checkpoint_holds_the_values_at_save(tmp_path):
     writer.close()
     saved = torch.load(tmp_path / "last.pt")
     assert saved["w"].equal(expected) and saved["step"].item() == 3.0 and big.cpu().equal(expected * 2)
+
+
+def test_a_tensor_refused_pinned_memory_gets_a_plain_copy(monkeypatch):
+    """Where pinned memory cannot be had (scarce under WSL), a GPU tensor is copied the plain way, complete on
+    return, instead of failing the checkpoint (here a CPU tensor that says it is on CUDA)."""
+    class OnCuda(torch.Tensor):
+        is_cuda = True
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(torch, "empty_like", refused)
+    weights, devices = torch.arange(6.0).as_subclass(OnCuda), set()
+    copy = cpu_copy({"w": weights}, devices)
+    weights += 1
+    assert copy["w"].equal(torch.arange(6.0)) and devices == set()  # nothing to wait for
 
 
 def test_write_error_is_raised_by_close(tmp_path):
