@@ -1,6 +1,7 @@
 """Files written atomically, the background checkpoint writer (what it writes is what was saved, and its errors
 are not lost), and the flags --resume names as ignored."""
 import argparse
+import io
 import os
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import torch
 from matplotlib.figure import Figure
 
 from vit import UserError
-from vit.checkpoint import CheckpointWriter, cpu_copy, resumed_args
+import vit.checkpoint
+from vit.checkpoint import CheckpointWriter, cpu_copy, resumed_args, save_checkpoint
 from vit.data import DATA_DIR
 from vit.files import replace_atomically, write_text
 from vit.plots import save_figure
@@ -110,6 +112,19 @@ def test_a_full_disk_is_one_clear_error_and_leaves_no_temporary_file(tmp_path):
 
     with pytest.raises(UserError, match=f"^{tmp_path / 'm.json'}: cannot write \\(No space left on device\\); check"):
         replace_atomically(tmp_path / "m.json", no_room)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_clear_error(tmp_path, monkeypatch):
+    """torch.save writes through an open file, whose OSError reaches the user as one line (given a file name,
+    torch.save reported a full disk as "RuntimeError: [enforce fail at inline_container.cc...] unexpected pos")."""
+    class Full(io.FileIO):
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vit.checkpoint, "open", lambda path, mode: Full(path, mode), raising=False)
+    with pytest.raises(UserError, match=f"^{tmp_path / 'last.pt'}: cannot write \\(No space left on device\\)"):
+        save_checkpoint({"w": torch.zeros(1000)}, tmp_path / "last.pt")
     assert os.listdir(tmp_path) == []
 
 
