@@ -17,7 +17,8 @@ from vit.weights import CHECKPOINT_FORMAT, is_checkpoint, safe_load
 def save_checkpoint(obj, path):
     """torch.save, written atomically (replace_atomically). Through a Python file object: given a file name,
     torch.save holds the GIL for 0.2-0.3 s as it opens and again as it closes the file, which stalls the training
-    loop while CheckpointWriter's thread writes (bench/checkpoint.py)."""
+    loop while CheckpointWriter's thread writes (bench/checkpoint.py), and reports a full disk as a RuntimeError
+    that names no cause; a file object's OSError becomes replace_atomically's one-line message."""
     def write(tmp):
         with open(tmp, "wb") as f:
             torch.save(obj, f)
