@@ -33,7 +33,7 @@ from vit.distributed import all_reduce, init_processes, is_master, log
 from vit.errors import UserError, bounded
 from vit.files import make_folders, write_text
 from vit.metrics import evaluate
-from vit.model import build_model, list_models
+from vit.model import SHAPE_FLAGS, build_model, list_models
 from vit.optim import adamw_warmup_cosine
 
 # -----------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def train(args):
     if ckpt:
         model = model_from_checkpoint(ckpt)
     else:
-        overrides = {k: getattr(args, k) for k in ("patch_size", "num_layers", "stem") if getattr(args, k) is not None}
+        overrides = {k: getattr(args, k) for k in SHAPE_FLAGS if getattr(args, k) is not None}
         try:
             model = build_model(args.model, num_classes=len(splits.classes), image_size=args.image_size,
                                 pretrained=args.pretrained or False, drop_path=args.drop_path, **overrides)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import forward_flops, make, timed  # noqa: E402
+from vit.model import SHAPE_FLAGS  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--models", nargs="+", default=["vit_b_16", "vit_ti_16"])
@@ -42,7 +43,7 @@ parser.add_argument("--device", default="cuda", help="cpu only to smoke-test thi
 args = parser.parse_args()
 
 device = torch.device(args.device)
-overrides = {k: getattr(args, k) for k in ("patch_size", "num_layers", "stem") if getattr(args, k) is not None}
+overrides = {k: getattr(args, k) for k in SHAPE_FLAGS if getattr(args, k) is not None}
 sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True

@@ -10,7 +10,7 @@ import torch
 
 from vit.errors import UserError
 from vit.files import replace_atomically
-from vit.model import VisionTransformer
+from vit.model import SHAPE_FLAGS, VisionTransformer
 from vit.weights import CHECKPOINT_FORMAT, is_checkpoint, safe_load
 
 
@@ -137,7 +137,7 @@ def model_flags(path):
     model = obj.get("model") if is_checkpoint(obj) else None
     if not isinstance(model, dict) or not model.get("name") or not isinstance(model.get("config"), dict):
         return {}
-    flags = {k: v for k, v in model["config"].items() if k in ("patch_size", "num_layers", "stem")}
+    flags = {k: v for k, v in model["config"].items() if k in SHAPE_FLAGS}
     return {"model": model["name"], **flags}
 
 

@@ -205,6 +205,8 @@ CONFIGS = {
     "vit_h_14": (14, 32, 16, 1280, 5120),
 }
 
+SHAPE_FLAGS = ("patch_size", "num_layers", "stem")  # the overrides train.py offers as flags (and checkpoints name)
+
 
 def list_models():
     """The names build_model accepts."""
