@@ -12,7 +12,7 @@ from torchvision.models.vision_transformer import VisionTransformer as Torchvisi
 
 import vit.weights
 from vit import UserError, build_model, list_models
-from vit.model import CONFIGS
+from vit.model import CONFIGS, PatchEmbedding
 
 SMALL = dict(image_size=64, patch_size=8, num_layers=3, num_heads=4, hidden_dim=96, mlp_dim=192)
 
@@ -62,6 +62,21 @@ def test_parameter_counts_equal_torchvision():
         ours = sum(p.numel() for p in build_model(name, num_classes=7).parameters())
         assert ours == sum(p.numel() for p in torchvision_model(name, num_classes=7).parameters())
     assert set(list_models()) == set(CONFIGS) >= {"vit_ti_16", "vit_s_16", "vit_h_14"}
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_patch_embedding_is_the_strided_convolution_of_its_weight(stem):
+    """Eq. 1's x_p E, computed as one matrix product over flattened patches: the stride-k convolution's
+    numbers, and the same gradient for E."""
+    torch.manual_seed(0)
+    embed = PatchEmbedding(32, 8, 48, stem=stem)
+    x, cotangent = torch.randn(2, 3, 32, 32), torch.randn(2, 16, 48)
+    tokens = (embed(x) - embed.pos_embed)[:, 1:]
+    convolved = embed.proj(embed.stem(x)).flatten(2).transpose(1, 2)  # (B, N, D), patches in raster order
+    assert tokens.shape == convolved.shape == (2, 16, 48)
+    assert (tokens - convolved).abs().max() <= 1e-5
+    grads = [torch.autograd.grad((t * cotangent).sum(), embed.proj.weight)[0] for t in (tokens, convolved)]
+    assert (grads[0] - grads[1]).abs().max() <= 1e-4 * grads[1].abs().max()
 
 
 def test_features_and_head_are_separate():
