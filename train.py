@@ -116,8 +116,10 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16: also on a CPU (faster where it has native "
                         "bf16, e.g. AVX512-BF16); fp32: full precision everywhere")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (for GPUs: on a CPU it compiles for minutes to gain a few percent)")
+    p.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead", "max-autotune"),
+                   metavar="MODE", help="torch.compile the model, in its mode MODE (default; reduce-overhead: CUDA "
+                   "graphs, for small models that wait on kernel launches); for GPUs: on a CPU it compiles for "
+                   "minutes to gain a few percent")
     p.add_argument("--name", metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="where models/ and results/ go (.)")
     p.add_argument("--cache-dir", default=str(data.DATA_DIR / ".cache"), metavar="DIR",
@@ -281,7 +283,7 @@ def train(args):
     mix = data.MixupCutmix(len(splits.classes), p=args.mixup) if args.mixup > 0 and not args.freeze else None
 
     # optimiser and schedule
-    fast = torch.compile(trained) if args.compile else trained
+    fast = torch.compile(trained, mode=args.compile) if args.compile else trained
     net = fast
     if world > 1:
         net = DistributedDataParallel(fast, device_ids=[device.index] if device.type == "cuda" else None)

@@ -303,6 +303,8 @@ def test_bad_flags_are_one_line_errors(extra, message, dataset, tmp_path, capsys
     (["--mixup", "1.5"], "--mixup: must be at least 0 and at most 1, not 1.5"),
     (["--drop-path", "1"], "--drop-path: must be at least 0 and below 1, not 1"),
     (["--workers", "-1"], "--workers: must be at least 0, not -1"),
+    (["--compile", "fast"], "--compile: invalid choice: 'fast' (choose from 'default', 'reduce-overhead', "
+                            "'max-autotune')"),
 ])
 def test_flags_out_of_range_are_refused_before_anything_runs(extra, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -403,7 +405,7 @@ def test_ddp_two_processes_write_once(where, dataset, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_mixed_precision_run(dataset, tmp_path):
     result = run_script(*flags(dataset, tmp_path, "--epochs", "2", "--name", "gpu", "--device", "cuda",
-                               "--workers", "2", "--compile", "--stop-after", "1"))
+                               "--workers", "2", "--compile", "reduce-overhead", "--stop-after", "1"))
     assert result.returncode == 0, result.stderr[-3000:]
     # resumed (eager: --compile is per session) from a checkpoint the background writer copied off the GPU
     result = run_script("--resume", str(tmp_path / "models" / "gpu.pt"), "--device", "cuda")
