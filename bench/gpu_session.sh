@@ -61,7 +61,7 @@ e2e small-nockpt 40 /tmp/alone-small.json --no-checkpoint -- $SMALL --epochs 8
 e2e small-plain 40 /tmp/alone-small.json -- $SMALL --epochs 8 --drop-path 0 --mixup 0 --clip-grad 0
 
 # 4. the tests that need CUDA (GPU against CPU: batch augmentation, predictions, the confusion matrix, checkpoints
-#    copied without waiting, a mixed-precision compiled run); the last one did not finish in 75 s on 2026-11-27
+#    copied without waiting, a mixed-precision run compiled with CUDA graphs); the last did not finish in 75 s once
 step tests
 timeout 130 python3 -m pytest -q -p no:cacheprovider tests -k cuda > "$OUT/cuda-tests.log" 2>&1
 
