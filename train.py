@@ -116,7 +116,7 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16: also on a CPU (faster where it has native "
                         "bf16, e.g. AVX512-BF16); fp32: full precision everywhere")
-    p.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead", "max-autotune"),
+    p.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead"),
                    metavar="MODE", help="torch.compile the model, in its mode MODE (default; reduce-overhead: CUDA "
                    "graphs, for small models that wait on kernel launches); for GPUs: on a CPU it compiles for "
                    "minutes to gain a few percent")
