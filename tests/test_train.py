@@ -314,6 +314,15 @@ def test_flags_out_of_range_are_refused_before_anything_runs(extra, message, tmp
     assert "Traceback" not in err and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("given, mode", [(["--compile"], "default"),
+                                         (["--compile", "reduce-overhead"], "reduce-overhead")])
+def test_compile_flag_compiles_the_model_in_its_mode(given, mode, dataset, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode: compiled.append((module, mode)) or module)
+    train.main(flags(dataset, tmp_path, "--epochs", "1", "--name", "c", *given))
+    assert [(type(module), m) for module, m in compiled] == [(VisionTransformer, mode)]
+
+
 def test_out_dir_that_cannot_hold_folders_stops_before_training(dataset, tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(SystemExit) as exit_:
