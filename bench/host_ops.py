@@ -4,10 +4,13 @@ host, not the GPU, sets its speed.
 
     python bench/host_ops.py [--device cpu] [--model vit_ti_16] [--image-size 32] [--patch-size 16] [--num-layers N]
                              [--stem patch] [--batch-size 32] [--trivial-augment 0] [--mixup 1]
+                             [--precision auto|bf16|fp32] [--fused]
 
 One epoch of train.train_epoch over random decoded images, batches augmented by vit.augment (train.py's GPU path),
 Mixup/CutMix, label smoothing, clipping and AdamW (fused on CUDA, single-tensor on the CPU: the optimizer row
-differs most between the two), counted by a TorchDispatchMode after one warm-up epoch. The counts do not depend on
+differs most between the two), counted by a TorchDispatchMode after one warm-up epoch. On the CPU, --precision bf16
+(autocast's casts, as on a GPU) and --fused (AdamW's fused kernel, as train.py's on CUDA) count about what a GPU's
+host dispatches. The counts do not depend on
 the image size, so the default is a small one that runs in under a minute on a CPU. Also counts vit.augment.to_device
 calls (host-to-device copies on a GPU).
 """
@@ -59,6 +62,8 @@ parser.add_argument("--stem", default="patch")
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--trivial-augment", type=float, default=0.0)
 parser.add_argument("--mixup", type=float, default=1.0)
+parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="train.py's --precision")
+parser.add_argument("--fused", action="store_true", help="fused AdamW also off CUDA")
 args = parser.parse_args()
 
 device = torch.device(args.device)
@@ -70,8 +75,8 @@ images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8) for _ in ran
 augment = vit.augment.BatchAugment(args.image_size, (0.5,) * 3, (0.25,) * 3, trivial_augment=args.trivial_augment)
 loader = vit.augment.DeviceLoader(Decoded(images, [i % 3 for i in range(n)], [""] * n), augment.to(device),
                                   args.batch_size, device, torch.Generator())
-optimizer, scheduler = adamw_warmup_cosine(model, 3e-4, 0.05, 2, 100, fused=device.type == "cuda")
-autocast, scaler = mixed_precision(device)
+optimizer, scheduler = adamw_warmup_cosine(model, 3e-4, 0.05, 2, 100, fused=args.fused or device.type == "cuda")
+autocast, scaler = mixed_precision(device, args.precision)
 mix = MixupCutmix(3, p=args.mixup) if args.mixup > 0 else None
 settings = argparse.Namespace(label_smoothing=0.1, clip_grad=1.0)
 copies, to_device = [0], vit.augment.to_device
@@ -93,7 +98,8 @@ with Counter() as counter:
     epoch()
 steps = len(loader)
 print(f"{args.model} {args.image_size}px patch {args.patch_size}, {sum(1 for _ in model.blocks)} layers, batch "
-      f"{args.batch_size}, trivial_augment {args.trivial_augment}, mixup {args.mixup}, on {device}, torch "
+      f"{args.batch_size}, trivial_augment {args.trivial_augment}, mixup {args.mixup}, precision {args.precision}, "
+      f"{'fused' if args.fused or device.type == 'cuda' else 'single-tensor'} AdamW, on {device}, torch "
       f"{torch.__version__}\n\n| origin | operators per step | share |\n|---|---|---|")
 total = sum(counter.counts.values())
 for origin, count in counter.counts.most_common():
