@@ -4,13 +4,13 @@ host, not the GPU, sets its speed.
 
     python bench/host_ops.py [--device cpu] [--model vit_ti_16] [--image-size 32] [--patch-size 16] [--num-layers N]
                              [--stem patch] [--batch-size 32] [--trivial-augment 0] [--mixup 1]
-                             [--precision auto|bf16|fp32] [--fused]
+                             [--precision auto|bf16|fp32] [--fused] [--top N]
 
 One epoch of train.train_epoch over random decoded images, batches augmented by vit.augment (train.py's GPU path),
 Mixup/CutMix, label smoothing, clipping and AdamW (fused on CUDA, single-tensor on the CPU: the optimizer row
 differs most between the two), counted by a TorchDispatchMode after one warm-up epoch. On the CPU, --precision bf16
 (autocast's casts, as on a GPU) and --fused (AdamW's fused kernel, as train.py's on CUDA) count about what a GPU's
-host dispatches. The counts do not depend on
+host dispatches. --top N also lists the N most frequent operators (aten::_to_copy: autocast's casts). The counts do not depend on
 the image size, so the default is a small one that runs in under a minute on a CPU. Also counts vit.augment.to_device
 calls (host-to-device copies on a GPU).
 """
@@ -43,12 +43,13 @@ class Counter(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.counts = collections.Counter()
+        self.counts, self.ops = collections.Counter(), collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         files = [f.filename.replace(os.sep, "/") for f in reversed(traceback.extract_stack()[:-1])]
         origin = next((row for f in files for end, row in ORIGINS if end in f), "backward (autograd)")
         self.counts[origin] += 1
+        self.ops[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -64,6 +65,7 @@ parser.add_argument("--trivial-augment", type=float, default=0.0)
 parser.add_argument("--mixup", type=float, default=1.0)
 parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="train.py's --precision")
 parser.add_argument("--fused", action="store_true", help="fused AdamW also off CUDA")
+parser.add_argument("--top", type=int, default=0, metavar="N", help="also the N most frequent operators")
 args = parser.parse_args()
 
 device = torch.device(args.device)
@@ -105,3 +107,7 @@ total = sum(counter.counts.values())
 for origin, count in counter.counts.most_common():
     print(f"| {origin} | {count / steps:.0f} | {count / total:.0%} |")
 print(f"| all | {total / steps:.0f} | |\n\nvit.augment.to_device calls per step: {copies[0] / steps:.1f}")
+if args.top:
+    print("\n| operator | per step |\n|---|---|")
+    for op, count in counter.ops.most_common(args.top):
+        print(f"| {op} | {count / steps:.0f} |")
