@@ -46,16 +46,19 @@ class PatchEmbedding(nn.Module):
             raise ValueError(
                 f"expected images of shape (batch, 3, {self.image_size}, {self.image_size}), "
                 f"got {tuple(x.shape)}; resize the images or build the model with image_size={x.shape[-1]}")
-        # x_p E as one matrix product over the flattened k x k patches: a stride-k convolution's numbers (cuDNN ran
-        # ViT-B/16's convolution on an H200 at 1/20 of the FLOP rate of the model's matrix products: bench/README.md)
-        x = F.linear(patches(self.stem(x), self.proj.kernel_size[0]), self.proj.weight.flatten(1), self.proj.bias)
+        x = self.stem(x)
+        if self.proj.kernel_size == (1, 1):  # the hybrid: E on each position of the CNN's feature map
+            x = self.proj(x).flatten(2).transpose(1, 2)
+        else:  # x_p E as one matrix product over the flattened p x p patches: a stride-p convolution's numbers
+            # (cuDNN ran ViT-B/16's convolution on an H200 at 1/20 of the FLOP rate of its matrix products)
+            x = F.linear(patches(x, self.patch_size), self.proj.weight.flatten(1), self.proj.bias)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return self.dropout(torch.cat([cls, x], dim=1) + self.pos_embed)
 
 
 def patches(x, k):
-    """x_p of Eq. 1: images or feature maps (B, C, H, W) -> (B, N, C * k * k), each row one k x k patch flattened
-    in the order of a convolution weight's (C, k, k), patches in raster order."""
+    """x_p of Eq. 1: images (B, C, H, W) -> (B, N, C * k * k), each row one k x k patch flattened in the order of
+    a convolution weight's (C, k, k), patches in raster order."""
     B, C, H, W = x.shape
     x = x.reshape(B, C, H // k, k, W // k, k).permute(0, 2, 4, 1, 3, 5)  # (B, H/k, W/k, C, k, k)
     return x.reshape(B, (H // k) * (W // k), C * k * k)
