@@ -10,9 +10,9 @@ One epoch of train.train_epoch over random decoded images, batches augmented by 
 Mixup/CutMix, label smoothing, clipping and AdamW (fused on CUDA, single-tensor on the CPU: the optimizer row
 differs most between the two), counted by a TorchDispatchMode after one warm-up epoch. On the CPU, --precision bf16
 (autocast's casts, as on a GPU) and --fused (AdamW's fused kernel, as train.py's on CUDA) count about what a GPU's
-host dispatches. --top N also lists the N most frequent operators (aten::_to_copy: autocast's casts). The counts do not depend on
-the image size, so the default is a small one that runs in under a minute on a CPU. Also counts vit.augment.to_device
-calls (host-to-device copies on a GPU).
+host dispatches; --top N also lists the N most frequent operators (aten._to_copy: mostly autocast's casts). The
+counts do not depend on the image size, so the default is a small one that runs in under a minute on a CPU. Also
+counts vit.augment.to_device calls (host-to-device copies on a GPU).
 """
 import argparse
 import collections
