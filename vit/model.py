@@ -50,7 +50,7 @@ class PatchEmbedding(nn.Module):
         if self.proj.kernel_size == (1, 1):  # the hybrid: E on each position of the CNN's feature map
             x = self.proj(x).flatten(2).transpose(1, 2)
         else:  # x_p E as one matrix product over the flattened p x p patches: a stride-p convolution's numbers
-            # (cuDNN ran ViT-B/16's convolution on an H200 at 1/20 of the FLOP rate of its matrix products)
+            # (cuDNN ran ViT-B/16's convolution on an H200 at about 1/20 of the FLOP rate of its matrix products)
             x = F.linear(patches(x, self.patch_size), self.proj.weight.flatten(1), self.proj.bias)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return self.dropout(torch.cat([cls, x], dim=1) + self.pos_embed)
