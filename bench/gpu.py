@@ -3,10 +3,12 @@
     python bench/gpu.py [--models vit_b_16 vit_ti_16] [--batch 128] [--compile]
     python bench/gpu.py --models vit_ti_16 --impls ours --image-size 64 --patch-size 8 --num-layers 6 --stem conv
     python bench/gpu.py --compile --models vit_b_16 --impls ours --batch 256 --profile 10   # where a step's time goes
+    python bench/gpu.py --measure-peak ...     # MFU against this GPU's measured bf16 matrix-product rate
 
 Random GPU-resident batches, bf16 autocast, fused AdamW, 224 px unless --image-size. Prints one markdown table:
 training and inference images/s, peak training memory, and model-FLOP utilisation (MFU) of the
-training step against a bf16 peak given by --peak-tflops (790 measured on the H200 here).
+training step against a bf16 peak: --peak-tflops (790, measured on the H200 where issue 5 was filed), or with
+--measure-peak the best rate of large square bf16 matrix products on this GPU, measured first.
 """
 import argparse
 import json
@@ -36,6 +38,7 @@ parser.add_argument("--rounds", type=int, default=3, help="each case timed this 
 parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to start)")
 parser.add_argument("--compile-mode", default="default", help="torch.compile's mode, e.g. max-autotune")
 parser.add_argument("--peak-tflops", type=float, default=790.0)
+parser.add_argument("--measure-peak", action="store_true", help="measure the bf16 peak here instead (a few seconds)")
 parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="then profile this many training steps of each case: GPU time by kind of kernel, top kernels")
 parser.add_argument("--json", help="also write the rows to this file")
@@ -107,10 +110,23 @@ def profile_steps(label, train_step):
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25), flush=True)
 
 
+def matmul_peak():
+    """This device's bf16 matrix-product rate, TFLOP/s: the best of square products n x n by n x n (2 n^3 FLOPs)."""
+    best = 0.0
+    for n in (4096, 8192, 16384) if device.type == "cuda" else (256,):
+        a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+        best = max(best, 2 * n ** 3 / timed(lambda: a @ b, 10, 3, sync, 0.5) / 1e12)
+        del a, b
+    return best
+
+
+if args.measure_peak:
+    args.peak_tflops = matmul_peak()
 shape = "".join(f", {k} {v}" for k, v in overrides.items())
 print(f"# {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
       f"batch {args.batch}, {args.image_size} px{shape}, bf16 autocast, compile mode {args.compile_mode}, "
-      f"median of {args.rounds} rounds", flush=True)
+      f"median of {args.rounds} rounds, MFU against {args.peak_tflops:.3g} TFLOP/s"
+      f"{' (bf16 matrix products, measured here)' if args.measure_peak else ''}", flush=True)
 print("| model | impl | mode | train img/s | inference img/s | peak train GiB | train MFU |")
 print("|---|---|---|---|---|---|---|", flush=True)
 rows = []

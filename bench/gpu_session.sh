@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 5's open goals, in one call of a lent GPU machine (each step has its own timeout,
-# the most wanted first, 690 s in all; from earlier sessions' step times (the first ViT-B/16 run, which decodes
+# the most wanted first, 695 s in all; from earlier sessions' step times (the first ViT-B/16 run, which decodes
 # the JPEGs, took 44 s; a small-model run 26-30 s; two compiles of ViT-B/16 over 80 s) about 540 s are expected,
 # and a 600 s call could cut only the last, the small model with CUDA graphs):
 #   bash bench/gpu_session.sh PHOTOS OUT
@@ -27,10 +27,11 @@ timeout 35 python3 bench/gpu.py --impls ours $(alone $SMALL) --json /tmp/alone-s
 #    timm in one run. Since then our patch embedding is one matrix product over the flattened patches (Eq. 1's
 #    x_p E) where timm runs cuDNN's stride-16 convolution (2.01 ms of a 73 ms step in max-autotune's log, one
 #    direction): predicted ours 3-5% faster than timm, eager and compiled. Then where a compiled step's GPU time
-#    goes: matrix products, attention and the rest
+#    goes: matrix products, attention and the rest. MFU against this GPU's own bf16 matrix-product rate, measured
+#    first (the issue's 790 TFLOP/s was an H200's; a plain call of the device tool may get an H100)
 step mfu
-timeout 160 python3 bench/gpu.py --compile --models vit_b_16 --impls ours timm --batch 256 --profile 10 \
-  > "$OUT/mfu.md" 2>&1
+timeout 165 python3 bench/gpu.py --compile --models vit_b_16 --impls ours timm --batch 256 --profile 10 \
+  --measure-peak > "$OUT/mfu.md" 2>&1
 
 # 3. end to end (batches augmented on the GPU, train.py's default there): train.py on 4,500 JPEGs (the 20 percent
 #    set's training photos, 10 copies) and its 150 test photos, each epoch by the wall clock (bench/e2e.py); the
