@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
 
 import vit.weights
@@ -132,6 +133,21 @@ def test_no_torchvision_weights_for_tiny_is_a_clear_error():
 class Exploit:
     def __reduce__(self):
         return (Path.touch, (Path(os.environ["EXPLOIT_MARKER"]),))
+
+
+def test_a_file_that_is_not_a_pytorch_file_is_named_so(tmp_path):
+    """An image, text or empty file given as weights: not called 'pickled objects', which it does not hold; a
+    torch.save file cut short: damaged."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    (tmp_path / "notes.pt").write_text("hello")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    for name in ("photo.png", "notes.pt", "empty.pth"):
+        with pytest.raises(UserError, match=r"not a PyTorch file \(an image, text or an incomplete download\?\)"):
+            build_model("vit_ti_16", pretrained=tmp_path / name)
+    torch.save(build_model("vit_ti_16", num_layers=1).state_dict(), tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:1000])
+    with pytest.raises(UserError, match="cut.pth: cannot be read as a PyTorch file .*damaged, incomplete"):
+        build_model("vit_ti_16", pretrained=tmp_path / "cut.pth")
 
 
 def test_pickled_code_is_refused_and_never_run(tmp_path, monkeypatch):

@@ -59,6 +59,11 @@ def safe_load(path, mmap=False):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file; check the path")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head == b"PK\x03\x04" or head[:1] == b"\x80"):  # torch.save's zip archive, or its older pickle format
+        raise UserError(f"{path}: not a PyTorch file (an image, text or an incomplete download?); pass a weights "
+                        "file (.pt, .pth) or a checkpoint of train.py")
     try:
         with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing them
             warnings.simplefilter("ignore")
@@ -67,8 +72,8 @@ def safe_load(path, mmap=False):
         raise UserError(f"{path}: not a plain weights file (it holds pickled Python objects, which are never "
                         "unpickled here); save model.state_dict() or a checkpoint of train.py instead") from None
     except Exception as e:
-        raise UserError(f"{path}: cannot be read as a PyTorch file ({e.__class__.__name__}); "
-                        "is it a weights file?") from None
+        raise UserError(f"{path}: cannot be read as a PyTorch file ({e.__class__.__name__}: damaged, incomplete or "
+                        "another kind of archive?); save or download it again") from None
 
 
 def is_checkpoint(obj):
