@@ -121,21 +121,34 @@ def predict(model, paths, device, batch_size, explain, failures):
     bar.close()
 
 
-def figure_paths(paths, save):
-    """Figure path per image: --save itself for one image and a file name, else FOLDER/<stem>.png (made unique)."""
+def figure_paths(paths, save, explain=False):
+    """Figure path per image: --save itself for one image and a file name, else FOLDER/<stem>.png (made unique).
+    Refuses to write over any of the images (with explain, also by an attention map)."""
     if save and Path(save).suffix.lower() in FIGURE_SUFFIXES:
         if len(paths) > 1:
             raise UserError(f"--save {save}: a file name, but {len(paths)} images; pass a folder instead")
-        return {paths[0]: Path(save)} if paths else {}, Path(save).parent
-    folder, figures, used = Path(save or OUT_DIR), {}, set()
-    for path in paths:
-        stem, n = path.stem, 1
-        while stem in used:  # same file name in two folders
-            n += 1
-            stem = f"{path.stem}_{n}"
-        used.add(stem)
-        figures[path] = folder / f"{stem}.png"
+        figures, folder = dict.fromkeys(paths, Path(save)), Path(save).parent
+    else:
+        folder, figures, used = Path(save or OUT_DIR), {}, set()
+        for path in paths:
+            stem, n = path.stem, 1
+            while stem in used:  # same file name in two folders
+                n += 1
+                stem = f"{path.stem}_{n}"
+            used.add(stem)
+            figures[path] = folder / f"{stem}.png"
+    inputs = {path.resolve(): path for path in paths}
+    for figure in figures.values():  # e.g. predict.py photos/*.png --save photos
+        for written in (figure, attention_path(figure)) if explain else (figure,):
+            if written.resolve() in inputs:
+                raise UserError(f"--save {save}: a figure would overwrite the image {inputs[written.resolve()]}; "
+                                "save the figures elsewhere")
     return figures, folder
+
+
+def attention_path(figure):
+    """Where --explain saves the attention map that goes with a prediction figure."""
+    return figure.with_name(f"{figure.stem}_attention.png")
 
 
 def show(path, names, probs, label, as_json):
@@ -185,7 +198,7 @@ def run(args):
     paths, failures, listing = expand(args.images + args.img_path)
     for message in failures:
         print(f"error: {message}", file=sys.stderr)
-    figures, out_dir = figure_paths(paths, args.save)
+    figures, out_dir = figure_paths([] if args.no_figures else paths, args.save, args.explain)
     k = min(args.topk, len(model.classes))
     rows, saved = [], []
     for path, tensor, probs, attn_map in predict(model, paths, device, args.batch_size, args.explain, failures):
@@ -200,7 +213,7 @@ def run(args):
         saved.append(figures[path])
         if attn_map is not None:
             title = f"{names[0]} ({top_probs[0]:.1%})"
-            saved.append(figures[path].with_name(f"{figures[path].stem}_attention.png"))
+            saved.append(attention_path(figures[path]))
             save_attention_figure(view, attn_map, title, saved[-1])
     if saved:  # on stderr, so that --json's output stays one object per line
         where = " and ".join(map(str, saved)) if len(rows) == 1 else f"{len(saved)} figures in {out_dir}/"

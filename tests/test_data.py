@@ -103,6 +103,12 @@ def test_find_splits_no_class_folders(tmp_path):
         data.find_splits(tmp_path)
 
 
+def test_find_splits_one_class_is_refused(tmp_path):
+    make_tree(tmp_path, classes=("a",))
+    with pytest.raises(UserError, match=r"train: one class folder \(a\); a classifier needs at least two"):
+        data.find_splits(tmp_path)
+
+
 # ---- open_rgb / load_split -------------------------------------------------------------------------------------------
 
 def test_load_split_skips_non_images_and_corrupt_images(tmp_path):
@@ -344,12 +350,13 @@ def serve(folder):
 
 
 def make_zip(path, top=""):
-    """A zip with {top}train/x/0.png and {top}test/x/0.png."""
+    """A zip with {top}train/{x,y}/0.png and {top}test/{x,y}/0.png."""
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG")
     with zipfile.ZipFile(path, "w") as z:
         for split in ("train", "test"):
-            z.writestr(f"{top}{split}/x/0.png", buffer.getvalue())
+            for name in ("x", "y"):
+                z.writestr(f"{top}{split}/{name}/0.png", buffer.getvalue())
 
 
 @pytest.mark.parametrize("top", ["", "archive_root/"])
@@ -360,7 +367,7 @@ def test_download_from_local_server_once(tmp_path, top):
     try:
         dest = data.download(f"{url}/ds.zip", tmp_path / "data" / "ds")
         assert dest == tmp_path / "data" / "ds"
-        assert data.find_splits(dest).classes == ["x"]
+        assert data.find_splits(dest).classes == ["x", "y"]
         assert data.download(f"{url}/ds.zip", dest) == dest
         assert len(requests) == 1  # the second call reused the folder
         assert [p.name for p in (tmp_path / "data").iterdir()] == ["ds"]  # no temp leftovers

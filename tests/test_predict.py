@@ -147,6 +147,27 @@ def test_a_save_path_that_cannot_be_written_is_one_line(ckpt, tmp_path, capsys):
         "file, not a folder); check that its folder is writable and the disk has room\n"
 
 
+def test_figures_never_overwrite_the_images(ckpt, tmp_path, capsys):
+    """--save naming an image, or the images' own folder: one line, and the photos stay as they were."""
+    images = [write_image(tmp_path / "photos" / f"{name}.png", i) for i, name in enumerate("ab")]
+    before = [p.read_bytes() for p in images]
+    for inputs, save in (([images[0]], images[0]), (images, tmp_path / "photos")):
+        result = predict_here(capsys, "--model", ckpt[0], *inputs, "--explain", "--save", save)
+        assert_clean_failure(result)
+        assert result.stderr == f"error: --save {save}: a figure would overwrite the image {images[0]}; save the " \
+            "figures elsewhere\n"
+    map_named_like_it = write_image(tmp_path / "photos" / "c_attention.png", 2)  # --explain --save photos/c.png
+    before.append(map_named_like_it.read_bytes())
+    images.append(map_named_like_it)
+    result = predict_here(capsys, "--model", ckpt[0], images[2], "--explain", "--save", tmp_path / "photos" / "c.png")
+    assert result.returncode == 2 and f"would overwrite the image {images[2]}" in result.stderr
+    result = predict_here(capsys, "--model", ckpt[0], images[2], "--save", tmp_path / "photos" / "c.png")
+    assert result.returncode == 0 and (tmp_path / "photos" / "c.png").exists()  # no --explain: no attention map
+    assert [p.read_bytes() for p in images] == before
+    result = predict_here(capsys, "--model", ckpt[0], tmp_path / "photos", "--no-figures", "--save", tmp_path / "photos")
+    assert result.returncode == 0 and (tmp_path / "photos" / "predictions.csv").exists()  # no figure, no clash
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_predictions_and_rollout_match_the_cpu(ckpt, tmp_path, capsys):
     path, model = ckpt

@@ -131,6 +131,9 @@ def find_splits(root):
                         f"{only_train}; missing in train/: {only_test}); give both the same class folders")
     if not classes:
         raise UserError(f"{train_dir}: no class folders, so no images; {layout}")
+    if len(classes) == 1:  # softmax over one class: loss 0 and accuracy 1 whatever the model, nothing to learn
+        raise UserError(f"{train_dir}: one class folder ({classes[0]}); a classifier needs at least two, "
+                        "add a folder of images for each other class")
     for split_dir in (train_dir, test_dir):
         for name in classes:
             if not any(is_image(p) for p in list_files(split_dir / name)):
