@@ -125,7 +125,7 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=str(data.DATA_DIR / ".cache"), metavar="DIR",
                    help="decoded-image cache (data/.cache)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt, with its settings; "
-                   f"only {flags(RESUMABLE)} may change")
+                   f"only {flags(RESUMABLE)} may change, and --data where the images have moved")
     p.add_argument("--stop-after", type=count, metavar="N", help="stop after N epochs of this session (resume later)")
     args = p.parse_args(argv)
     args.given = [k for k, v in vars(args).items() if v != p.get_default(k)]  # what --resume must not ignore silently
@@ -180,7 +180,11 @@ def train(args):
     given = vars(args).pop("given", [])
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt:  # the run's own settings, except the flags that may change between sessions
-        args, ignored = resumed_args(ckpt, args, RESUMABLE, given)
+        moved = ("data",) if "data" in given else ()  # the same classes' images in a new place
+        args, ignored = resumed_args(ckpt, args, RESUMABLE + moved, given)
+        if not moved and not Path(args.data).is_dir():
+            raise UserError(f"{args.data}: the run's images are no longer there; if they have moved, resume with "
+                            f"--resume {args.resume} --data NEW_FOLDER")
         if ignored:
             log(f"ignored with --resume: {flags(ignored)} (a resumed run keeps the settings it started with)")
         if ckpt["epoch"] >= args.epochs:

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,23 @@ def test_interrupted_and_resumed_equals_uninterrupted(reference, dataset, tmp_pa
     for a, b in zip(resumed, uninterrupted):
         for key in KEYS - {"seconds"}:
             assert a[key] == pytest.approx(b[key], abs=1e-4), (a, b)
+
+
+def test_a_run_whose_images_moved_resumes_with_data(dataset, tmp_path, capsys):
+    images = tmp_path / "images"
+    shutil.copytree(dataset, images)
+    train.main(flags(images, tmp_path, "--epochs", "2", "--name", "run", "--stop-after", "1"))
+    images.rename(tmp_path / "moved")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--resume", str(tmp_path / "models" / "run.pt")])
+    assert exit_.value.code == 2 and capsys.readouterr().err == (
+        f"error: {images}: the run's images are no longer there; if they have moved, resume with --resume "
+        f"{tmp_path / 'models' / 'run.pt'} --data NEW_FOLDER\n")
+    train.main(["--resume", str(tmp_path / "models" / "run.pt"), "--data", str(tmp_path / "moved")])
+    assert "ignored" not in capsys.readouterr().out
+    resumed = load_checkpoint(tmp_path / "models" / "run.pt")
+    assert resumed["epoch"] == 2 and resumed["args"]["data"] == str((tmp_path / "moved").resolve())
 
 
 def test_resuming_a_finished_run_says_so_and_writes_nothing(reference, capsys):
