@@ -25,20 +25,27 @@ def plot_curves(metrics, path):
     save_figure(fig, path)
 
 
-def plot_confusion(matrix, classes, path):
-    """Confusion matrix (rows: true class, columns: predicted class) with the counts written in the cells."""
+def plot_confusion(matrix, classes, path, counted=30, named=60):
+    """Confusion matrix (rows: true class, columns: predicted class). Up to `counted` classes each cell shows its
+    count and up to `named` the axes name the classes; beyond, colours only, at a bounded size (a cell of text per
+    pair took 50 s to draw for 200 classes and would need gigabytes for 1000)."""
     matrix = [[int(v) for v in row] for row in matrix]
     n = len(classes)
-    size = max(4.0, 0.5 * n + 2)
+    size = min(max(4.0, 0.5 * n + 2), 0.5 * counted + 2)
     fig = Figure(figsize=(size, size))
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
-    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (test)")
+    axes = ("predicted", "true")
+    if n <= named:
+        font = 10 if n <= counted else 6
+        ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=font)
+        ax.set_yticks(range(n), classes, fontsize=font)
+    else:  # matplotlib's own ticks: class indices, in the order of the class list
+        axes = tuple(f"{name} (class index)" for name in axes)
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"confusion matrix (test, {n} classes)")
     top = max(max(row) for row in matrix) or 1
-    for i, row in enumerate(matrix):
+    for i, row in enumerate(matrix if n <= counted else []):
         for j, count in enumerate(row):
             ax.text(j, i, count, ha="center", va="center", fontsize=8,
                     color="white" if count > top / 2 else "black")
