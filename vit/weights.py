@@ -123,7 +123,8 @@ def _torchvision_weights(name):
         except Exception as e:
             raise UserError(
                 f"could not download {name} weights from {weights.url} ({e.__class__.__name__}: {e}); without a "
-                f"network, place that file at {cached} or pass pretrained=PATH (--pretrained PATH)") from None
+                f"network, place that file at {cached}, or load a copy from elsewhere with pretrained=PATH "
+                "(train.py --pretrained PATH)") from None
         finally:
             socket.setdefaulttimeout(timeout)
     t = weights.transforms()
