@@ -361,6 +361,9 @@ def main(argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    except KeyboardInterrupt:  # before the epochs (decoding, start-up); during them train() saves and says so
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -147,6 +147,21 @@ def test_a_save_path_that_cannot_be_written_is_one_line(ckpt, tmp_path, capsys):
         "file, not a folder); check that its folder is writable and the disk has room\n"
 
 
+def test_ctrl_c_is_one_line_and_keeps_the_figures_so_far(ckpt, tmp_path, monkeypatch, capsys):
+    images = [write_image(tmp_path / "photos" / f"{i}.png", i) for i in range(3)]
+    saved, save = [], predict_script.save_prediction_figure
+
+    def interrupted_at_the_third(*args):
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        save(*args)
+        saved.append(args[-1])
+    monkeypatch.setattr(predict_script, "save_prediction_figure", interrupted_at_the_third)
+    result = predict_here(capsys, "--model", ckpt[0], *images, "--save", tmp_path / "out")
+    assert result.returncode == 130 and result.stderr.endswith("\ninterrupted\n") and "Traceback" not in result.stderr
+    assert [p.is_file() for p in saved] == [True, True]
+
+
 def test_figures_never_overwrite_the_images(ckpt, tmp_path, capsys):
     """--save naming an image, or the images' own folder: one line, and the photos stay as they were."""
     images = [write_image(tmp_path / "photos" / f"{name}.png", i) for i, name in enumerate("ab")]

@@ -292,6 +292,15 @@ def test_bad_dataset_is_one_line_error(kind, message, tmp_path, capsys):
     assert re.search(message, err), err
 
 
+def test_ctrl_c_before_the_epochs_is_one_line(dataset, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):  # e.g. while a large folder is decoded
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data, "load_split", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(dataset, tmp_path))
+    assert exit_.value.code == 130 and capsys.readouterr().err == "\ninterrupted\n"
+
+
 def test_missing_data_path_as_user_sees_it(tmp_path):
     result = run_script("--data", str(tmp_path / "nowhere"), "--device", "cpu")
     assert result.returncode == 2 and "Traceback" not in result.stderr
