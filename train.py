@@ -202,6 +202,9 @@ def train(args):
                         "resume with the data the run was trained on")
     if args.freeze and not args.pretrained:
         raise UserError("--freeze trains only the head on pretrained features; add --pretrained [PATH]")
+    unused = [k for k in ("mixup", "trivial_augment", "drop_path", "augment") if k in given] if args.freeze else []
+    if unused:
+        log(f"ignored with --freeze: {flags(unused)} (the frozen backbone sees each image once, unaugmented)")
     args.name = args.name or f"{args.model}-{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(args.out_dir)
     last, best = out / "models" / f"{args.name}.pt", out / "models" / f"{args.name}-best.pt"

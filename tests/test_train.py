@@ -215,7 +215,7 @@ def torchvision_weights(path):
     return build_model("vit_ti_16", image_size=16, patch_size=4, num_layers=2, pretrained=path).state_dict()
 
 
-def test_freeze_runs_backbone_once_per_image(dataset, tmp_path, monkeypatch):
+def test_freeze_runs_backbone_once_per_image(dataset, tmp_path, monkeypatch, capsys):
     expected = torchvision_weights(tmp_path / "tv.pth")
     original, seen = VisionTransformer.forward_features, []
 
@@ -225,8 +225,10 @@ def test_freeze_runs_backbone_once_per_image(dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(VisionTransformer, "forward_features", counting)
     metrics = train.main(flags(dataset, tmp_path, "--model", "vit_ti_16", "--pretrained", str(tmp_path / "tv.pth"),
-                               "--freeze", "--epochs", "3", "--name", "probe"))
+                               "--freeze", "--epochs", "3", "--name", "probe", "--mixup", "0.5"))
     assert sum(seen) == N_TRAIN + N_TEST  # 3 epochs, yet every image went through the backbone once
+    assert "ignored with --freeze: --mixup (the frozen backbone sees each image once, unaugmented)" in \
+        capsys.readouterr().out
     assert len(metrics) == 3 and metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     state = load_checkpoint(tmp_path / "models" / "probe.pt")["state_dict"]
     for key, value in expected.items():  # the backbone is the pretrained one, untouched; the head is new
