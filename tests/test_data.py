@@ -202,7 +202,7 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=2)
     split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
     first = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
-    assert len(list(cache.glob("*.pt"))) == 1
+    assert len(list(cache.glob("*.pt"))) == 2  # the index and one part of images
 
     def no_decode(path, size):
         raise AssertionError("decoded although the cache is valid")
@@ -218,7 +218,32 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     os.utime(changed, ns=(1, 1))
     third = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
     assert third.images[0][:, 0, 0].tolist() == [0, 255, 0]
-    assert len(list(cache.glob("*.pt"))) == 2
+    assert len(list(cache.glob("*.pt"))) == 4
+
+
+def mapped_files():
+    """Files this process has memory-mapped (Linux)."""
+    return {line.split(maxsplit=5)[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+            if len(line.split()) == 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc/self/maps")
+def test_cached_images_are_memory_mapped_in_parts(tmp_path, monkeypatch):
+    """A folder larger than memory trains: decoding holds one part at a time, the images are mapped from the disk."""
+    make_tree(tmp_path / "ds", classes=("a", "b"), per_class=3)
+    split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
+    plain = data.load_split(split, ["a", "b"], size=8)
+    monkeypatch.setattr(data, "PART_BYTES", 2 * 3 * 8 * 8 * 4 // 3)  # two images per part
+    decoded = [data.load_split(split, ["a", "b"], size=8, cache_dir=cache) for _ in range(2)]  # decoded, then read
+    parts = sorted(str(p) for p in cache.glob("*-*.pt"))
+    assert len(parts) == 3 and set(parts) <= mapped_files()
+    for d in decoded:
+        assert d.paths == plain.paths and d.labels == plain.labels
+        assert all(torch.equal(x, y) for x, y in zip(d.images, plain.images))
+
+    os.remove(parts[1])  # a part lost: the cache is decoded again, not read short
+    again = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+    assert len(again.images) == 6 and Path(parts[1]).exists()
 
 
 def test_a_cache_that_cannot_be_written_warns_and_decodes(tmp_path, capsys):
@@ -226,7 +251,7 @@ def test_a_cache_that_cannot_be_written_warns_and_decodes(tmp_path, capsys):
     (tmp_path / "cache").write_text("a file, not a folder")
     decoded = data.load_split(tmp_path / "ds" / "train", ["a", "b"], size=8, cache_dir=tmp_path / "cache")
     assert len(decoded.images) == 4
-    assert re.match(f"warning: {tmp_path / 'cache'}/\\w+\\.pt: cannot write .*decoded again", capsys.readouterr().err)
+    assert re.match(f"warning: {tmp_path / 'cache'}/[\\w-]+\\.pt: cannot write .*decoded again", capsys.readouterr().err)
 
 
 def test_more_images_than_memory_warns_before_decoding(tmp_path, capsys, monkeypatch):

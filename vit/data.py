@@ -2,7 +2,7 @@
 
 A dataset is a torchvision ImageFolder tree: ROOT/train/<class>/<image> and ROOT/test/<class>/<image>
 (`val/` is accepted for `test/`). Images are decoded once into uint8 tensors (shorter side resized),
-optionally cached on disk, and augmented per sample on the fly.
+optionally cached on disk (and then memory-mapped from there), and augmented per sample on the fly.
 """
 import hashlib
 import os
@@ -31,7 +31,9 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # bundled data and d
 DATASETS = {  # names accepted by --data that are downloaded once into data/<name>
     "pizza_steak_sushi": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi.zip",
 }
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when decoding or the cache's layout changes, so old caches are not reused
+UNCACHED = "; the images will be decoded again next time (or choose --cache-dir)"
+PART_BYTES = 2**28  # decoded images per cache part (256 MiB): what decoding holds in memory at once with a cache
 THREADS = min(8, os.cpu_count() or 1)  # decoding threads: Pillow decodes and resizes without holding the GIL
 
 
@@ -209,16 +211,16 @@ def decode_many(paths, size, threads=THREADS):
 
 
 def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
-    """Decode every image of split_dir/<class>/ once (decode_many) and keep them; corrupt ones go to `skipped`, the
-    result may be cached. Warns first when they would take over half the machine's memory."""
+    """Decode every image of split_dir/<class>/ once (decode_many); corrupt ones go to `skipped`.
+
+    With cache_dir the decoded images are written there in parts of about PART_BYTES, each memory-mapped back once
+    written, and later runs map the parts again: the images live in the system's file cache, so a folder larger
+    than memory trains from the disk instead of being killed. Without a cache they stay in memory (a warning first
+    when they would take over half of it)."""
     split_dir = Path(split_dir)
     files = [(label, p) for label, name in enumerate(classes) for p in list_files(split_dir / name)]
     images = [(label, p) for label, p in files if is_image(p)]
-    need, memory = len(images) * 3 * size * size * 4 // 3, physical_memory()  # 4:3 photos
-    if memory and need > memory / 2:  # the decoded images stay in memory, cached or not
-        print(f"warning: {split_dir}: {len(images)} images take about {need / 2**30:.1f} GiB once decoded, all kept "
-              f"in memory (this machine has {memory / 2**30:.1f} GiB); if the run is killed, use fewer images or a "
-              "smaller image size", file=sys.stderr)
+    per_image = 3 * size * size * 4 // 3  # bytes of a decoded 4:3 photo
     cache = None
     if cache_dir is not None:
         stats = [(str(p.relative_to(split_dir)), p.stat().st_size, p.stat().st_mtime_ns) for _, p in files]
@@ -226,28 +228,65 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
         cache = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
         if cache.exists():
             try:
-                return Decoded(**torch.load(cache, weights_only=True))
-            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+                return read_cache(cache)
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError):
                 pass  # unreadable cache: decode again and overwrite it
-    out = Decoded([], [], [], non_images=len(files) - len(images))
-    for (label, path), (image, why) in zip(images, decode_many([path for _, path in images], size, threads)):
-        if image is None:
-            out.skipped.append((str(path), why))
-            continue
-        out.images.append(image)
-        out.labels.append(label)
-        out.paths.append(str(path))
+    memory = physical_memory()
+    if cache is None and memory and len(images) * per_image > memory / 2:
+        print(f"warning: {split_dir}: {len(images)} images take about {len(images) * per_image / 2**30:.1f} GiB once "
+              f"decoded, all kept in memory (this machine has {memory / 2**30:.1f} GiB); if the run is killed, use "
+              "fewer images or a smaller image size", file=sys.stderr)
+    out, parts = Decoded([], [], [], non_images=len(files) - len(images)), []
+    step = max(1, PART_BYTES // per_image)
+    for first in range(0, len(images), step):  # one part in memory at a time
+        part = images[first:first + step]
+        kept = []
+        for (label, path), (image, why) in zip(part, decode_many([path for _, path in part], size, threads)):
+            if image is None:
+                out.skipped.append((str(path), why))
+                continue
+            kept.append(image)
+            out.labels.append(label)
+            out.paths.append(str(path))
+        if cache is not None and kept:
+            name = cache.with_name(f"{cache.stem}-{len(parts)}.pt")
+            try:
+                kept = write_mapped(kept, name)
+                parts.append(name.name)
+            except UserError as e:  # a cache that cannot be written costs the next run time, not this run
+                print(f"warning: {e}{UNCACHED}", file=sys.stderr)
+                cache = None  # the rest stays in memory
+        out.images.extend(kept)
     for label, name in enumerate(classes):
         if label not in out.labels:
             raise UserError(f"{split_dir / name}: none of its images could be decoded; "
                             "replace them or remove the folder")
-    if cache is not None:
+    if cache is not None:  # the index, written last: the cache is complete once it exists
         try:
-            save_checkpoint(vars(out), cache)  # atomic, so runs sharing the cache never read half a file
-        except UserError as e:  # a cache that cannot be written costs the next run time, not this run
-            print(f"warning: {e}; the images will be decoded again next time (or choose --cache-dir)",
-                  file=sys.stderr)
+            save_checkpoint(dict(vars(out), images=parts), cache)  # images: the parts' file names
+        except UserError as e:
+            print(f"warning: {e}{UNCACHED}", file=sys.stderr)
     return out
+
+
+def write_mapped(tensors, path):
+    """save_checkpoint(tensors, path) (atomic: runs sharing a cache never read half a file), then the tensors
+    memory-mapped back from the file; UserError naming the file where either fails."""
+    save_checkpoint(tensors, path)
+    try:
+        return torch.load(path, mmap=True, weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"{path}: cannot memory-map it ({e})") from None
+
+
+def read_cache(index):
+    """The Decoded that load_split cached at `index`, its images memory-mapped from their parts."""
+    saved = torch.load(index, weights_only=True)
+    images = [image for part in saved.pop("images") for image in
+              torch.load(Path(index).with_name(part), mmap=True, weights_only=True)]
+    if len(images) != len(saved["labels"]):
+        raise ValueError(f"{index}: parts do not match the index")
+    return Decoded(images, **saved)
 
 
 class ImageDataset(torch.utils.data.Dataset):
