@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -292,7 +293,10 @@ def train(args):
     # optimiser and schedule
     fast = torch.compile(trained, mode=args.compile) if args.compile else trained
     net = fast
-    if world > 1:
+    if world > 1:  # compiled inside DDP, the graph is still split at DDP's buckets, which are sent during backward
+        # compiled, the conv stem's 1x1 projection gets a gradient whose size-1 dims have other strides: DDP copies it
+        # into its bucket as it copies every gradient, but warns
+        warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
         net = DistributedDataParallel(fast, device_ids=[device.index] if device.type == "cuda" else None)
     steps = len(train_loader)
     optimizer, scheduler = adamw_warmup_cosine(trained, args.lr, args.weight_decay, round(args.warmup_epochs * steps),
