@@ -110,7 +110,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", metavar="DEV",
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--workers", type=bounded(int, 0), metavar="N",
-                   help="data loader processes (default: 0 on CPU, min(8, cores) on a GPU)")
+                   help="data loader processes that augment each image (default: 0 on a CPU, min(8, cores) on a "
+                        "GPU); with batches augmented on the device they only prepare the test images")
     p.add_argument("--augment", choices=("auto", "workers", "device"), default="auto",
                    help="augment each image in the DataLoader workers, or whole batches on the training device "
                         "(vit/augment.py); auto: device on CUDA, workers elsewhere")
@@ -281,7 +282,8 @@ def train(args):
                                              trivial_augment=args.trivial_augment).to(device)
         train_loader = augment.DeviceLoader(decoded["train"], batch_augment, args.batch_size // world, device,
                                             generator, world, rank)
-        log(f"augment: whole batches on {device} (vit/augment.py)")
+        idle = "; --workers only prepares the test images" if "workers" in given else ""  # no per-image work left
+        log(f"augment: whole batches on {device} (vit/augment.py){idle}")
     else:
         sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else None
         train_loader = DataLoader(train_set, batch_size=args.batch_size // world, shuffle=sampler is None,

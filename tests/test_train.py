@@ -396,7 +396,8 @@ def test_huge_learning_rate_diverges_with_a_message(dataset, tmp_path, capsys):
     assert not (tmp_path / "models" / "big.pt").exists()
 
 
-@pytest.mark.parametrize("extra, says", [(["--augment", "device"], "augment: whole batches on cpu"),
+@pytest.mark.parametrize("extra, says", [(["--augment", "device"], "augment: whole batches on cpu (vit/augment.py); "
+                                                                    "--workers only prepares the test images\n"),
                                           (["--precision", "bf16"], "")])
 def test_batches_augmented_on_the_device_and_bf16_on_the_cpu_learn_too(extra, says, reference, dataset, tmp_path,
                                                                        capsys):
