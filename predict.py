@@ -1,14 +1,17 @@
 """Predict the classes of images with a checkpoint of train.py (or torchvision's ImageNet ViT-B/16).
 
     python predict.py --model models/RUN.pt photo.jpg [more.jpg | FOLDER | 'GLOB*.jpg' ...] [--topk 3] [--json]
-    python predict.py --pretrained photo.jpg --explain
+    python predict.py --pretrained [vit_b_16.pth] photo.jpg --explain
     python predict.py --model models/RUN.pt --evaluate data/pizza_steak_sushi
 
+--pretrained downloads torchvision's ImageNet weights; --pretrained PATH loads a file of them (a torchvision
+vit_b_16 state dict) instead. A PATH that is an image, a folder or a glob is taken as an input, not as weights.
 Per image: a top-K table (or with --json one JSON object per line) and a figure results/predictions/<stem>.png
-(--save: the figure's path for one image, else a folder; --no-figures: none), with --explain also
-<stem>_attention.png (attention rollout); for a folder, a glob or several images also predictions.csv.
+(--save: the figure's path for one image, its format from the suffix, else a folder; --no-figures: none), with
+--explain also <stem>_attention.png (attention rollout, in the figure's format); for a folder, a glob or several
+images also predictions.csv. Files in a folder or glob without an image extension are skipped, and counted on stderr.
 --evaluate ROOT (a split folder ROOT/<class>/<images>, or a root holding test/) adds accuracy, per-class
-precision/recall/F1 and a confusion matrix.
+precision/recall/F1 and a confusion matrix (with --json printed as one JSON object, as saved in evaluation.json).
 Unreadable images are reported one line each and skipped; the exit status is then 2.
 """
 import argparse
@@ -32,10 +35,9 @@ from vit.errors import UserError, bounded
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure
 from vit.files import write_text
 from vit.metrics import classification_report, evaluate, format_report
-from vit.plots import plot_confusion
+from vit.plots import FORMATS, figure_format, plot_confusion
 
 OUT_DIR = Path("results/predictions")  # default folder for figures, predictions.csv and evaluation results
-FIGURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pdf", ".svg"}  # --save with one of these is a file, else a folder
 
 
 def parse_args(argv):
@@ -44,18 +46,23 @@ def parse_args(argv):
     parser.add_argument("--img_path", action="append", default=[], help="one more image (repeatable)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="checkpoint written by train.py (models/RUN.pt)")
-    source.add_argument("--pretrained", action="store_true", help="torchvision's ImageNet vit_b_16 instead")
+    source.add_argument("--pretrained", nargs="?", const=True, metavar="PATH",
+                        help="torchvision's ImageNet vit_b_16 instead (downloaded), or its weights file at PATH")
     parser.add_argument("--topk", type=bounded(int, 1), default=3, help="classes shown per image (at most all classes)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=bounded(int, 1), default=32,
                         help="images per forward pass (32)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per image instead of a table")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON instead of tables: one object per image, and one for --evaluate")
     parser.add_argument("--save", help=f"figure path (one image) or folder (default {OUT_DIR})")
     parser.add_argument("--explain", action="store_true", help="also save the attention rollout over the photo")
     parser.add_argument("--no-figures", action="store_true",
                         help="no figure per image, only the table or JSON and predictions.csv (large folders)")
     parser.add_argument("--evaluate", metavar="ROOT", help="labelled folder to measure accuracy on")
     args = parser.parse_args(argv)
+    if isinstance(args.pretrained, str) and (is_image(Path(args.pretrained)) or is_listing(args.pretrained)):
+        # --pretrained photo.jpg (or photos/): an input, and torchvision's weights
+        args.images, args.pretrained = [args.pretrained] + args.images, True
     if not (args.images or args.img_path or args.evaluate):
         parser.error("give at least one image, folder or glob, or --evaluate ROOT")
     if args.explain and args.no_figures:
@@ -63,28 +70,42 @@ def parse_args(argv):
     return args
 
 
+def is_listing(arg):
+    """Whether an input names several images at once: a folder or a glob pattern."""
+    return Path(arg).is_dir() or any(c in arg for c in "*?[")
+
+
 def load_model(args):
     """The model (with .classes and .preprocess) and a label naming it."""
     if args.model:
         model, label = model_from_checkpoint(load_checkpoint(args.model)), args.model
-    else:
+    elif args.pretrained is True:
         model, label = build_model("vit_b_16", pretrained=True), "vit_b_16 (torchvision ImageNet weights)"
+    else:  # a file of torchvision's weights: its classes are ImageNet's
+        model, label = build_model("vit_b_16", pretrained=args.pretrained), args.pretrained
     if not model.classes:
-        raise UserError(f"{label}: holds no class names; use a checkpoint written by train.py")
+        raise UserError(f"{label}: holds no class names; use a checkpoint written by train.py (--model) "
+                        "or torchvision's ImageNet vit_b_16 weights (--pretrained [PATH])")
     return model.eval(), label
 
 
 def expand(inputs):
     """Image paths from files, folders (recursively, image files only) and glob patterns; also whether
-    any folder or glob was given. Folders and globs that match no image are reported as failures."""
+    any folder or glob was given. Folders and globs that match no image are reported as failures, the
+    non-image files they hold are counted on stderr."""
     paths, failures, listing = [], [], False
     for arg in inputs:
-        if Path(arg).is_dir() or any(c in arg for c in "*?["):
+        if is_listing(arg):
             listing = True
-            found = list_files(arg) if Path(arg).is_dir() else sorted(map(Path, glob.glob(arg, recursive=True)))
-            found = [p for p in found if p.is_file() and is_image(p)]
+            files = list_files(arg) if Path(arg).is_dir() else sorted(map(Path, glob.glob(arg, recursive=True)))
+            files = [p for p in files if p.is_file()]
+            found = [p for p in files if is_image(p)]
+            skipped = f"skipped {len(files) - len(found)} non-image file(s)" if len(found) < len(files) else ""
             if not found:
-                failures.append(f"{arg}: no image files found; check the folder or pattern")
+                failures.append(f"{arg}: no image files found{f' ({skipped})' if skipped else ''}; "
+                                "check the folder or pattern")
+            elif skipped:  # as training skips them: a note, not an error
+                print(f"{skipped} in {arg}", file=sys.stderr)
             paths += found
         else:
             paths.append(Path(arg))
@@ -122,9 +143,12 @@ def predict(model, paths, device, batch_size, explain, failures):
 
 
 def figure_paths(paths, save, explain=False):
-    """Figure path per image: --save itself for one image and a file name, else FOLDER/<stem>.png (made unique).
-    Refuses to write over any of the images (with explain, also by an attention map)."""
-    if save and Path(save).suffix.lower() in FIGURE_SUFFIXES:
+    """Figure path per image: --save itself for one image and a file name (a suffix, not a folder), else
+    FOLDER/<stem>.png (made unique). Refuses a format matplotlib cannot write (before any prediction) and
+    writing over any of the images (with explain, also by an attention map)."""
+    named = save and Path(save).suffix and not Path(save).is_dir()  # else a folder, as for several images
+    if named and (len(paths) == 1 or Path(save).suffix[1:].lower() in FORMATS):
+        figure_format(save)
         if len(paths) > 1:
             raise UserError(f"--save {save}: a file name, but {len(paths)} images; pass a folder instead")
         figures, folder = dict.fromkeys(paths, Path(save)), Path(save).parent
@@ -147,8 +171,8 @@ def figure_paths(paths, save, explain=False):
 
 
 def attention_path(figure):
-    """Where --explain saves the attention map that goes with a prediction figure."""
-    return figure.with_name(f"{figure.stem}_attention.png")
+    """Where --explain saves the attention map that goes with a prediction figure (in the figure's format)."""
+    return figure.with_name(f"{figure.stem}_attention{figure.suffix}")
 
 
 def show(path, names, probs, label, as_json):
@@ -161,8 +185,9 @@ def show(path, names, probs, label, as_json):
         print(f"{path}\n" + "\n".join(f"  {n:<{width}}  {p:6.1%}" for n, p in zip(names, probs)), flush=True)
 
 
-def evaluate_folder(model, root, device, batch_size, out_dir, failures):
-    """Accuracy, per-class metrics and confusion matrix on a labelled folder; printed and saved in out_dir."""
+def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=False):
+    """Accuracy, per-class metrics and confusion matrix on a labelled folder; printed (a table, or with as_json
+    the JSON object evaluation.json holds, on one line) and saved in out_dir."""
     root = Path(root)
     split = next((root / s for s in ("test", "val") if (root / s).is_dir()), root)
     if not split.is_dir():
@@ -183,22 +208,22 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures):
     bar = tqdm(loader, desc="evaluate", unit="batch", file=sys.stderr)
     _, _, matrix = evaluate(model, bar, eval_normalise(model.preprocess), len(model.classes), device)
     report = classification_report(matrix, model.classes)
-    print(f"evaluation on {split}\n{format_report(report)}")
     result = dict(report, data=str(split), confusion_matrix=matrix.tolist())
+    print(json.dumps(result) if as_json else f"evaluation on {split}\n{format_report(report)}", flush=True)
     write_text(out_dir / "evaluation.json", json.dumps(result, indent=1) + "\n")
     plot_confusion(matrix, model.classes, out_dir / "confusion_matrix.png")
-    print(f"saved {out_dir / 'evaluation.json'} and {out_dir / 'confusion_matrix.png'}")
+    print(f"saved {out_dir / 'evaluation.json'} and {out_dir / 'confusion_matrix.png'}", file=sys.stderr)
 
 
 def run(args):
     """Everything predict.py does; returns the exit status."""
+    paths, failures, listing = expand(args.images + args.img_path)
+    figures, out_dir = figure_paths([] if args.no_figures else paths, args.save, args.explain)  # before the model
     model, label = load_model(args)
     device = pick_device(args.device)
     model.to(device)
-    paths, failures, listing = expand(args.images + args.img_path)
     for message in failures:
         print(f"error: {message}", file=sys.stderr)
-    figures, out_dir = figure_paths([] if args.no_figures else paths, args.save, args.explain)
     k = min(args.topk, len(model.classes))
     rows, saved = [], []
     for path, tensor, probs, attn_map in predict(model, paths, device, args.batch_size, args.explain, failures):
@@ -225,7 +250,7 @@ def run(args):
         write_text(out_dir / "predictions.csv", table.getvalue())
         print(f"saved {len(rows)} predictions to {out_dir / 'predictions.csv'}", file=sys.stderr)
     if args.evaluate:
-        evaluate_folder(model, args.evaluate, device, args.batch_size, out_dir, failures)
+        evaluate_folder(model, args.evaluate, device, args.batch_size, out_dir, failures, args.json)
     return 2 if failures else 0
 
 

@@ -18,6 +18,7 @@ from vit.checkpoint import model_checkpoint, save_checkpoint
 from vit.data import decode, eval_transform
 from vit.explain import attention_rollout
 from vit.metrics import classification_report, confusion_matrix, evaluate
+from vit.plots import FORMATS
 
 REPO = Path(__file__).parents[1]
 CLASSES = ["cat", "dog", "fish"]
@@ -179,8 +180,50 @@ def test_figures_never_overwrite_the_images(ckpt, tmp_path, capsys):
     result = predict_here(capsys, "--model", ckpt[0], images[2], "--save", tmp_path / "photos" / "c.png")
     assert result.returncode == 0 and (tmp_path / "photos" / "c.png").exists()  # no --explain: no attention map
     assert [p.read_bytes() for p in images] == before
-    result = predict_here(capsys, "--model", ckpt[0], tmp_path / "photos", "--no-figures", "--save", tmp_path / "photos")
+    result = predict_here(capsys, "--model", ckpt[0], tmp_path / "photos", "--no-figures",
+                          "--save", tmp_path / "photos")
     assert result.returncode == 0 and (tmp_path / "photos" / "predictions.csv").exists()  # no figure, no clash
+
+
+def test_a_save_path_matplotlib_cannot_write_is_refused_before_loading_the_model(ckpt, tmp_path, monkeypatch, capsys):
+    """For one image --save with a suffix is a figure file: out.txt was a folder, now it is one line."""
+    image = write_image(tmp_path / "one.png", 3)
+    monkeypatch.setattr(predict_script, "load_model", lambda args: pytest.fail("the model was loaded"))
+    for name in ("out.txt", "out.xyz"):
+        save = tmp_path / name
+        result = predict_here(capsys, "--model", ckpt[0], image, "--save", save)
+        assert_clean_failure(result)
+        assert result.stderr == f"error: {save}: cannot write a figure as {save.suffix}; use one of " \
+            f".{', .'.join(FORMATS)} (e.g. .png)\n"
+        assert result.stdout == "" and not save.exists()
+
+
+def test_explain_keeps_the_figures_format(ckpt, tmp_path, capsys):
+    image = write_image(tmp_path / "one.png", 3)
+    figure = tmp_path / "figs" / "fig.pdf"
+    result = predict_here(capsys, "--model", ckpt[0], image, "--explain", "--save", figure)
+    assert result.returncode == 0, result.stderr
+    attention = tmp_path / "figs" / "fig_attention.pdf"
+    assert sorted(os.listdir(tmp_path / "figs")) == ["fig.pdf", "fig_attention.pdf"]
+    assert figure.read_bytes()[:5] == attention.read_bytes()[:5] == b"%PDF-"
+    assert result.stderr == f"saved {figure} and {attention}\n"
+
+
+def test_non_image_files_in_a_folder_are_counted_on_stderr(ckpt, tmp_path, capsys):
+    images = [write_image(tmp_path / "photos" / f"{i}.png", i) for i in range(2)]
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    write_image(tmp_path / "photos" / "sub" / "anim.gif", 4)  # an image, but not among torchvision's extensions
+    result = predict_here(capsys, "--model", ckpt[0], tmp_path / "photos", "--json", "--no-figures",
+                          "--save", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert sorted(json.loads(line)["image"] for line in result.stdout.splitlines()) == sorted(map(str, images))
+    assert result.stderr.splitlines()[0] == f"skipped 2 non-image file(s) in {tmp_path / 'photos'}"
+    for image in images:
+        image.unlink()
+    result = predict_here(capsys, "--model", ckpt[0], tmp_path / "photos", "--save", tmp_path / "out")
+    assert_clean_failure(result)  # nothing to predict: still an error, which says what it skipped
+    assert result.stderr == f"error: {tmp_path / 'photos'}: no image files found (skipped 2 non-image file(s)); " \
+        "check the folder or pattern\n"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -241,6 +284,32 @@ def test_pretrained_uses_the_models_classes_and_preprocessing(tmp_path, capsys, 
     expected = direct_probs(model, image)
     assert [p["class"] for p in line["predictions"]] == [model.classes[i] for i in expected.argsort(descending=True)]
     assert line["predictions"][0]["probability"] == pytest.approx(expected.max().item(), abs=1e-5)
+
+
+def test_pretrained_path_loads_that_weights_file(tmp_path, capsys, monkeypatch):
+    """--pretrained PATH: the weights file; an image, folder or glob right after --pretrained stays an input."""
+    model = tiny_model()  # stands in for torchvision's ViT-B/16 with the ImageNet weights of a file
+    model.classes = ["tench", "goldfish", "shark"]
+    built = []
+    monkeypatch.setattr(predict_script, "build_model", lambda *a, **k: built.append((a, k)) or model)
+    image = write_image(tmp_path / "photos" / "fish.png", 5)
+    weights = tmp_path / "b16.pth"
+    for args, pretrained in (([weights, image], str(weights)), ([image], True), ([tmp_path / "photos"], True),
+                             ([tmp_path / "photos" / "*.png"], True)):
+        built.clear()
+        result = predict_here(capsys, "--pretrained", *args, "--json", "--no-figures", "--save", tmp_path / "out")
+        assert result.returncode == 0, result.stderr
+        assert built == [(("vit_b_16",), {"pretrained": pretrained})]
+        line = json.loads(result.stdout)
+        assert line["image"] == str(image) and line["predictions"][0]["class"] in model.classes
+        assert line["model"] == (str(weights) if pretrained is not True else "vit_b_16 (torchvision ImageNet weights)")
+
+
+def test_pretrained_path_that_is_missing_is_one_line(tmp_path, capsys):
+    image = write_image(tmp_path / "fish.png", 5)
+    result = predict_here(capsys, "--pretrained", tmp_path / "b16.pth", image, "--save", tmp_path / "out")
+    assert_clean_failure(result)
+    assert result.stderr == f"error: {tmp_path / 'b16.pth'}: no such file; check the path\n" and result.stdout == ""
 
 
 class Trap:
@@ -320,6 +389,21 @@ def test_evaluate_reports_bad_folders_and_images(ckpt, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["total"] == 2
 
 
+def test_evaluate_with_json_prints_only_json(ckpt, tmp_path, capsys):
+    """--json with --evaluate: stdout is JSON lines, one per image and then evaluation.json's object."""
+    path, _ = ckpt
+    for label, name in enumerate(CLASSES):
+        write_image(tmp_path / "data" / "test" / name / "0.png", label)
+    image = write_image(tmp_path / "one.png", 7)
+    out = tmp_path / "out"
+    result = predict_here(capsys, "--model", path, image, "--evaluate", tmp_path / "data", "--json", "--save", out)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 2 and lines[0]["image"] == str(image)
+    assert lines[1] == json.loads((out / "evaluation.json").read_text()) and lines[1]["total"] == 3
+    assert f"saved {out / 'evaluation.json'} and {out / 'confusion_matrix.png'}\n" in result.stderr
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_confusion_matrix_never_waits_for_the_gpu():
     """train.py counts each test batch on the GPU; only the epoch's total is read back."""
@@ -359,6 +443,22 @@ def test_rollout_is_a_distribution_over_the_patch_grid():
     assert maps.shape == (2, 4, 4)
     assert (maps >= 0).all()
     assert maps.sum(dim=(1, 2)).tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_rollout_runs_in_eval_mode_and_restores_each_modules_mode():
+    """Right after build_model the model trains: no attention dropout, BatchNorm's running statistics untouched."""
+    torch.manual_seed(0)
+    model = build_model("vit_ti_16", num_classes=3, image_size=32, patch_size=8, num_layers=2, stem="conv",
+                        dropout=0.1, attention_dropout=0.5)
+    model.head.eval()  # a module in another mode than the model's keeps it
+    modes = [m.training for m in model.modules()]
+    buffers = {name: b.clone() for name, b in model.named_buffers()}  # the conv stem's BatchNorm statistics
+    assert any("running_mean" in name for name in buffers)
+    x = torch.randn(2, 3, 32, 32)
+    maps = attention_rollout(model, x)
+    assert [m.training for m in model.modules()] == modes and model.training
+    assert all(torch.equal(b, buffers[name]) for name, b in model.named_buffers())
+    assert torch.allclose(maps, attention_rollout(model.eval(), x), atol=1e-6)
 
 
 def test_rollout_of_uniform_attention_is_uniform():

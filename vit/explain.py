@@ -15,9 +15,17 @@ from vit.plots import save_figure
 def attention_rollout(model, images):
     """Attention rollout of Abnar & Zuidema, "Quantifying Attention Flow in Transformers" (ACL 2020).
 
-    Runs model(images, return_attn=True) and returns rollout() of its attention weights.
+    Runs model(images, return_attn=True) in eval mode (no dropout; BatchNorm's running statistics are left as they
+    are), each module's mode restored afterwards, and returns rollout() of its attention weights.
     """
-    return rollout(model(images, return_attn=True)[1])
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    for m, _ in modes:
+        m.training = False
+    try:
+        return rollout(model(images, return_attn=True)[1])
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def rollout(attentions):
