@@ -31,7 +31,7 @@ from vit.checkpoint import (CheckpointWriter, git_commit, load_checkpoint, model
                             restore_training, resumed_args, training_checkpoint)
 from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, init_processes, is_master, log
-from vit.errors import UserError, bounded
+from vit.errors import UserError, bounded, file_name
 from vit.files import make_folders, write_text
 from vit.metrics import evaluate
 from vit.model import SHAPE_FLAGS, build_model, list_models
@@ -59,8 +59,9 @@ FINETUNE = dict(SCRATCH,  # all weights, starting from pretrained ones (--pretra
     model="vit_b_16", image_size=None, patch_size=None, stem="patch",  # None: the weights' own sizes
     epochs=10, batch_size=32, lr=1e-4, warmup_epochs=1, mixup=0.0, trivial_augment=1.0)
 LINEAR_PROBE = dict(FINETUNE,  # the new head only, on frozen pretrained features (--pretrained --freeze)
-    epochs=20, lr=3e-3, weight_decay=0.0, drop_path=0.0)
-RESUMABLE = ("device", "workers", "augment", "precision", "compile", "cache_dir", "stop_after")  # --resume: from argv
+    epochs=20, lr=3e-3, weight_decay=0.0, drop_path=0.0, trivial_augment=0.0)  # (images pass the backbone once)
+RESUMABLE = ("device", "workers", "augment", "precision", "compile", "stop_after")  # --resume: from this command line
+MOVABLE = ("data", "cache_dir")  # --resume: the run's own unless given (images or cache moved)
 # -----------------------------------------------------------------------------
 
 
@@ -122,12 +123,12 @@ def parse_args(argv=None):
                    metavar="MODE", help="torch.compile the model, in its mode MODE (default; reduce-overhead: CUDA "
                    "graphs, for small models that wait on kernel launches); for GPUs: on a CPU it compiles for "
                    "minutes to gain a few percent")
-    p.add_argument("--name", metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
+    p.add_argument("--name", type=file_name, metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="where models/ and results/ go (.)")
     p.add_argument("--cache-dir", default=str(data.DATA_DIR / ".cache"), metavar="DIR",
                    help="decoded-image cache (data/.cache)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt, with its settings; "
-                   f"only {flags(RESUMABLE)} may change, and --data where the images have moved")
+                   f"only {flags(RESUMABLE)} may change, and {flags(MOVABLE)} where they have moved")
     p.add_argument("--stop-after", type=count, metavar="N", help="stop after N epochs of this session (resume later)")
     args = p.parse_args(argv)
     args.given = [k for k, v in vars(args).items() if v != p.get_default(k)]  # what --resume must not ignore silently
@@ -182,9 +183,9 @@ def train(args):
     given = vars(args).pop("given", [])
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt:  # the run's own settings, except the flags that may change between sessions
-        moved = ("data",) if "data" in given else ()  # the same classes' images in a new place
+        moved = tuple(k for k in MOVABLE if k in given)  # e.g. the same classes' images in a new place
         args, ignored = resumed_args(ckpt, args, RESUMABLE + moved, given)
-        if not moved and not Path(args.data).is_dir():
+        if "data" not in moved and not Path(args.data).is_dir():
             raise UserError(f"{args.data}: the run's images are no longer there; if they have moved, resume with "
                             f"--resume {args.resume} --data NEW_FOLDER")
         if ignored:
@@ -198,7 +199,7 @@ def train(args):
             setattr(args, key, getattr(args, key) if key in given else value)
     root = data.resolve_data(args.data)
     splits = data.find_splits(root)
-    args.data = str(root.resolve())  # recorded in checkpoints, so --resume works from any folder
+    args.data, args.cache_dir = str(root.resolve()), str(Path(args.cache_dir).resolve())  # for --resume from anywhere
     if ckpt and list(ckpt["classes"]) != splits.classes:
         raise UserError(f"{root}: classes {splits.classes} differ from the checkpoint's {ckpt['classes']}; "
                         "resume with the data the run was trained on")
@@ -216,6 +217,9 @@ def train(args):
     if ckpt and last.exists() and not os.path.samefile(args.resume, last):  # e.g. RUN-best.pt of a run that went on
         raise UserError(f"{args.resume}: an earlier checkpoint of the run saved in {last}, which resuming would "
                         f"overwrite; resume {last}, or start a new run from these weights: --pretrained {args.resume}")
+    if ckpt and not last.exists() and Path(args.resume).resolve() != best.resolve():  # moved, copied or renamed
+        raise UserError(f"{args.resume}: resuming writes the run {args.name} to {last}, which this file is not; put it "
+                        f"back there, or start a new run from its weights: --pretrained {args.resume}")
 
     # processes and device
     device, world, rank = init_processes(pick_device(args.device))
@@ -253,9 +257,9 @@ def train(args):
     if rank == 0 and world > 1:
         dist.barrier()
     pre = model.preprocess
-    for split, dec in decoded.items():
+    for (split, dec), folder in zip(decoded.items(), (splits.train_dir, splits.test_dir)):
         skipped = f"; skipped {dec.non_images} non-image file(s)" if dec.non_images else ""
-        log(f"data: {split}: {len(dec.images)} images in {len(splits.classes)} classes from {root / split}{skipped}")
+        log(f"data: {split}: {len(dec.images)} images in {len(splits.classes)} classes from {folder}{skipped}")
         for path, reason in dec.skipped:
             log(f"  skipped unreadable image {path}: {reason}")
     train_set = data.ImageDataset(decoded["train"], data.train_transform(model.image_size, pre["mean"], pre["std"],
@@ -304,6 +308,9 @@ def train(args):
     optimizer, scheduler = adamw_warmup_cosine(trained, args.lr, args.weight_decay, round(args.warmup_epochs * steps),
                                                args.epochs * steps, fused=device.type == "cuda")
     metrics, best_acc, start = restore_training(ckpt, optimizer, scheduler, scaler) if ckpt else ([], -1.0, 0)
+    if args.warmup_epochs >= args.epochs:
+        log(f"note: --warmup-epochs {args.warmup_epochs:g} spans the whole run (--epochs {args.epochs}): the learning "
+            f"rate never reaches --lr {args.lr:g}; shorten it (--warmup-epochs) for a short run")
 
     commit = git_commit()  # once per session, not per checkpoint
     n_params = sum(p.numel() for p in model.parameters())

@@ -50,3 +50,14 @@ def test_compare_bad_metrics(tmp_path, capsys):
         lines = err.strip().splitlines()
         assert out == "" and len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / bad}"), lines
     assert not (tmp_path / "c.png").exists()
+
+
+def test_a_figure_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    write_metrics(tmp_path / "good", [0.5], seconds=1.0)
+    (tmp_path / "afile").write_text("a file where a folder should be")
+    for out, says in ((tmp_path / "c.xyz", "cannot write a figure as .xyz; use one of ."),
+                      (tmp_path / "afile" / "c.png", f"cannot write ({tmp_path / 'afile'} is a file, not a folder)")):
+        assert compare.main([str(tmp_path / "good"), "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith(f"error: {out}: {says}") and captured.err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "good"]

@@ -1,6 +1,7 @@
 """The model matches torchvision's exactly, loads weights safely and fails clearly."""
 import os
 import pickle
+import re
 import time
 import urllib.error
 from pathlib import Path
@@ -111,6 +112,22 @@ def test_pretrained_true_loads_from_torch_home_without_network(tmp_path, monkeyp
     assert len(full.classes) == 1000 and full.classes[0] == "tench"
 
 
+def test_a_copy_of_torchvisions_weights_brings_their_classes_and_preprocessing(tmp_path):
+    """pretrained=PATH with torchvision's ImageNet file (here a small stand-in of its shapes' kind): the classes and
+    preprocessing of the weights with its head and image size, as pretrained=True would give."""
+    for size, resize, interpolation in ((224, 256, "bilinear"), (384, 384, "bicubic")):  # IMAGENET1K_V1, SWAG_E2E
+        path = tmp_path / f"vit_b_16_{size}.pth"
+        torch.save(TorchvisionViT(image_size=size, patch_size=16, num_layers=1, num_heads=3, hidden_dim=192,
+                                  mlp_dim=768).state_dict(), path)
+        found = vit.weights.find_pretrained("vit_b_16", path)
+        assert found.classes[:2] == ["tench", "goldfish"] and len(found.classes) == 1000
+        assert (found.preprocess["crop_size"], found.preprocess["resize_size"]) == (size, resize)
+        assert found.preprocess["interpolation"] == interpolation
+    torch.save(TorchvisionViT(**SMALL, num_classes=5).state_dict(), tmp_path / "five.pth")  # not ImageNet's head
+    found = vit.weights.find_pretrained("vit_b_16", tmp_path / "five.pth")
+    assert found.classes is None and found.preprocess is None
+
+
 def test_pretrained_true_offline_without_cache_says_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
@@ -148,6 +165,8 @@ def test_a_file_that_is_not_a_pytorch_file_is_named_so(tmp_path):
     (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:1000])
     with pytest.raises(UserError, match="cut.pth: cannot be read as a PyTorch file .*damaged, incomplete"):
         build_model("vit_ti_16", pretrained=tmp_path / "cut.pth")
+    with pytest.raises(UserError, match=f"^{tmp_path}: a folder, not a file; pass the weights file or checkpoint"):
+        build_model("vit_ti_16", pretrained=tmp_path)
 
 
 def test_pickled_code_is_refused_and_never_run(tmp_path, monkeypatch):
@@ -167,9 +186,20 @@ def test_pickled_code_is_refused_and_never_run(tmp_path, monkeypatch):
 def test_weights_for_another_model_name_the_keys(tmp_path):
     path = tmp_path / "small.pth"
     torch.save(TorchvisionViT(**SMALL).state_dict(), path)
-    with pytest.raises(UserError, match="of another shape.*embed.proj.weight"):
+    with pytest.raises(UserError, match=r"of another shape.*embed.proj.weight.*; they are 96 wide: build the model "
+                                        "with hidden_dim=96$"):
         build_model("vit_ti_16", pretrained=path, image_size=64, patch_size=8, num_layers=3)
-    with pytest.raises(UserError, match="missing: blocks.3"):
+    with pytest.raises(UserError, match=r"of another shape.*embed.proj.weight.*; their patches are 8 px: build the "
+                                        r"model with patch_size=8 \(--patch-size\)$"):
+        build_model("vit_ti_16", pretrained=path, **dict(SMALL, patch_size=16))
+    b32 = tmp_path / "b32.pth"
+    torch.save(build_model("vit_b_32", num_layers=1).state_dict(), b32)
+    with pytest.raises(UserError, match=r"their patches are 32 px: build the model with patch_size=32"):
+        build_model("vit_b_16", pretrained=b32, num_layers=1)
+    with pytest.raises(UserError, match=r"they are 768 wide: build vit_b_32 \(--model vit_b_32\)$"):
+        build_model("vit_ti_16", pretrained=b32, num_layers=1, patch_size=32)
+    with pytest.raises(UserError, match=r"missing: blocks.3.*; they have 3 layers: build the model with num_layers=3 "
+                                        r"\(--num-layers\)$"):
         build_model("vit_b_16", pretrained=path, **dict(SMALL, num_layers=4))
     (tmp_path / "junk.pth").write_text("not weights")
     with pytest.raises(UserError, match="junk.pth"):
@@ -202,10 +232,12 @@ def test_vit_b_16_from_224_to_384(tmp_path):
 
 def test_wrong_input_is_a_clear_error():
     model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1)
-    with pytest.raises(ValueError, match=r"expected images of shape \(batch, 3, 32, 32\), got \(1, 3, 48, 48\)"):
+    with pytest.raises(ValueError, match=r"expected images of shape \(batch, 3, 32, 32\), got \(1, 3, 48, 48\); "
+                                         "resize the images or build the model with image_size=48$"):
         model(torch.randn(1, 3, 48, 48))
-    with pytest.raises(ValueError, match=r"got \(1, 1, 32, 32\)"):
-        model(torch.randn(1, 1, 32, 32))
+    for shape in ((1, 1, 32, 32), (1, 1, 64, 64), (3, 32, 32)):  # a wrong channel count is not a wrong size
+        with pytest.raises(ValueError, match=rf"got {re.escape(str(shape))}; give a batch of RGB images$"):
+            model(torch.randn(*shape))
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
         build_model("vit_ti_16", image_size=30)
     with pytest.raises(ValueError, match="unknown model"):
@@ -258,7 +290,8 @@ def test_conv_stem_hybrid_builds_saves_and_refuses_patch_weights(tmp_path):
         assert torch.equal(rebuilt(x), model(x)) and torch.equal(tuned(x), model(x))
     path = tmp_path / "small.pth"
     torch.save(TorchvisionViT(**SMALL).state_dict(), path)
-    with pytest.raises(UserError, match="missing: embed.stem"):
+    with pytest.raises(UserError, match=r"missing: embed.stem.*; they are for the plain patch embedding: build the "
+                                        r"model with stem='patch' \(--stem patch\)$"):
         build_model("vit_b_16", pretrained=path, stem="conv", **SMALL)
     with pytest.raises(ValueError, match="power-of-two patch_size"):
         build_model("vit_ti_16", image_size=36, patch_size=12, stem="conv")

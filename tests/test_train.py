@@ -151,6 +151,35 @@ def test_a_run_whose_images_moved_resumes_with_data(dataset, tmp_path, capsys):
     assert resumed["epoch"] == 2 and resumed["args"]["data"] == str((tmp_path / "moved").resolve())
 
 
+def test_resume_keeps_the_runs_cache_and_refuses_a_checkpoint_moved_from_its_run(dataset, tmp_path, capsys):
+    cache = tmp_path / "my-cache"
+    train.main(flags(dataset, tmp_path / "out", "--epochs", "3", "--name", "run", "--stop-after", "1",
+                     "--cache-dir", str(cache)))
+    copy = tmp_path / "run-copy.pt"
+    shutil.copy(tmp_path / "out" / "models" / "run.pt", copy)
+    (tmp_path / "out" / "models" / "run.pt").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # it would have written tmp_path/../models/run.pt
+        train.main(["--resume", str(copy)])
+    assert exit_.value.code == 2 and capsys.readouterr().err == (
+        f"error: {copy}: resuming writes the run run to {tmp_path.parent / 'models' / 'run.pt'}, which this file is "
+        f"not; put it back there, or start a new run from its weights: --pretrained {copy}\n")
+    shutil.move(copy, tmp_path / "out" / "models" / "run.pt")
+    shutil.rmtree(cache)
+    train.main(["--resume", str(tmp_path / "out" / "models" / "run.pt"), "--stop-after", "1"])
+    assert len(list(cache.glob("*.pt"))) == 4  # the run's own cache again (two splits: an index and a part each)
+    assert load_checkpoint(tmp_path / "out" / "models" / "run.pt")["epoch"] == 2
+
+
+def test_a_val_folder_is_the_test_split_and_named_so(dataset, tmp_path, capsys):
+    shutil.copytree(dataset / "train", tmp_path / "ds" / "train")
+    shutil.copytree(dataset / "test", tmp_path / "ds" / "val")
+    train.main(flags(tmp_path / "ds", tmp_path, "--epochs", "1", "--name", "val"))
+    out = capsys.readouterr().out
+    assert f"data: test: {N_TEST} images in 2 classes from {tmp_path / 'ds' / 'val'}\n" in out
+    assert "note: --warmup-epochs 1 spans the whole run (--epochs 1): the learning rate never reaches --lr" in out
+
+
 def test_resuming_a_finished_run_says_so_and_writes_nothing(reference, capsys):
     out = reference[0]
     files = [out / "models" / "ref.pt", *(out / "results" / "ref").iterdir()]
@@ -236,6 +265,18 @@ def test_freeze_runs_backbone_once_per_image(dataset, tmp_path, monkeypatch, cap
             assert value.shape[0] == 1000 and state[key].shape[0] == 2 and state[key].abs().sum() > 0
         else:
             assert torch.equal(state[key], value), key
+
+
+def test_pretrained_torchvision_file_builds_the_table_1_model_of_its_shapes(dataset, tmp_path, capsys):
+    torch.manual_seed(1)  # vit_ti_16's widths and patches, 2 layers, 32 px: no --model, --patch-size or --num-layers
+    tv = TorchvisionViT(image_size=32, patch_size=16, num_layers=2, num_heads=3, hidden_dim=192, mlp_dim=768)
+    torch.save(tv.state_dict(), tmp_path / "tv16.pth")
+    train.main(["--data", str(dataset), "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"),
+                "--device", "cpu", "--pretrained", str(tmp_path / "tv16.pth"), "--freeze", "--epochs", "1",
+                "--name", "tv"])
+    assert "model: vit_ti_16 32px patch 16, " in capsys.readouterr().out
+    config = load_checkpoint(tmp_path / "models" / "tv.pt")["model"]["config"]
+    assert (config["num_layers"], config["patch_size"], config["hidden_dim"]) == (2, 16, 192)
 
 
 def test_pretrained_full_finetune_starts_from_the_weights(dataset, tmp_path):
@@ -334,6 +375,8 @@ def test_bad_flags_are_one_line_errors(extra, message, dataset, tmp_path, capsys
     (["--workers", "-1"], "--workers: must be at least 0, not -1"),
     (["--compile", "max-autotune"], "--compile: invalid choice: 'max-autotune' (choose from 'default', "
                                     "'reduce-overhead')"),
+    (["--name", "../../escape"], "--name: must be a plain name, not '../../escape' (--out-dir says where runs go)"),
+    (["--name", "runs/a"], "--name: must be a plain name, not 'runs/a' (--out-dir says where runs go)"),
 ])
 def test_flags_out_of_range_are_refused_before_anything_runs(extra, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -10,8 +10,8 @@ import torch
 
 from vit.errors import UserError
 from vit.files import replace_atomically
-from vit.model import SHAPE_FLAGS, VisionTransformer
-from vit.weights import CHECKPOINT_FORMAT, is_checkpoint, safe_load
+from vit.model import CONFIGS, SHAPE_FLAGS, VisionTransformer
+from vit.weights import CHECKPOINT_FORMAT, from_torchvision, is_checkpoint, safe_load
 
 
 def save_checkpoint(obj, path):
@@ -128,17 +128,33 @@ def load_checkpoint(path):
 
 
 def model_flags(path):
-    """train.py's model flags (model, patch_size, num_layers, stem) for the weights in `path` when it is one of
-    train.py's checkpoints, so that --pretrained CHECKPOINT builds its model; {} for any other weights file."""
+    """train.py's model flags (model, patch_size, num_layers, stem) for the weights in `path`, so that --pretrained
+    PATH builds their model: a checkpoint's own, else the Table 1 model of a state dict's shapes; or {}."""
     try:  # mapped, not read: build_model loads the weights next (and names what is wrong with a bad file)
         obj = safe_load(path, mmap=True)
     except UserError:
         return {}
-    model = obj.get("model") if is_checkpoint(obj) else None
+    if not is_checkpoint(obj):
+        return table1_flags(from_torchvision(obj) if isinstance(obj, dict) and "conv_proj.weight" in obj else obj)
+    model = obj.get("model")
     if not isinstance(model, dict) or not model.get("name") or not isinstance(model.get("config"), dict):
         return {}
     flags = {k: v for k, v in model["config"].items() if k in SHAPE_FLAGS}
     return {"model": model["name"], **flags}
+
+
+def table1_flags(state):
+    """{"model": NAME} of the Table 1 model with a state dict's patch size and widths (and num_layers where its depth
+    differs from the name's), or {} when none has them."""
+    try:
+        proj, fc1 = state["embed.proj.weight"], state["blocks.0.mlp.fc1.weight"]
+    except (KeyError, TypeError):
+        return {}
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    for name, (patch, layers, _, hidden, mlp) in CONFIGS.items():
+        if (patch, hidden, mlp) == (proj.shape[-1], proj.shape[0], fc1.shape[0]):
+            return {"model": name, **({"num_layers": depth} if depth != layers else {})}
+    return {}
 
 
 def model_checkpoint(model):

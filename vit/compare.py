@@ -12,7 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from vit.errors import UserError
-from vit.plots import save_figure
+from vit.plots import figure_format, save_figure
 
 KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")  # needed per epoch record
 
@@ -66,16 +66,18 @@ def summary(runs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Compare training runs' metrics.json curves.")
+    parser = argparse.ArgumentParser(prog="python -m vit.compare", description="Compare training runs' metrics.json "
+                                     "curves.")
     parser.add_argument("runs", nargs="+", help="run folders or metrics.json files")
-    parser.add_argument("--out", default="results/compare.png", help="figure path")
+    parser.add_argument("--out", default="results/compare.png", help="figure path (.png, .pdf, .svg, ...)")
     args = parser.parse_args(argv)
     try:
+        figure_format(args.out)
         runs = [load_run(arg) for arg in args.runs]
+        plot_runs(runs, args.out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    plot_runs(runs, args.out)
     print(summary(runs))
     print(f"figure: {args.out}")
     return 0

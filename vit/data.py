@@ -160,9 +160,10 @@ def open_rgb(path):
         with Image.open(path) as image:
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
-    except Image.DecompressionBombError:
-        raise UserError(f"{path}: image is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels; resize it, "
-                        "or raise the limit (PIL.Image.MAX_IMAGE_PIXELS) if you trust the file") from None
+    except Image.DecompressionBombError as e:  # over twice Image.MAX_IMAGE_PIXELS (beyond once, Pillow warns)
+        why = str(e).rstrip(".")
+        raise UserError(f"{path}: refused as a possible decompression bomb ({why}); if you trust the file, resize it "
+                        "(a few thousand pixels a side is plenty)") from None
     except FileNotFoundError:
         raise UserError(f"{path}: no such file; check the path") from None
     except (OSError, SyntaxError, ValueError) as e:  # not an image, truncated, corrupt

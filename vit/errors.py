@@ -1,10 +1,11 @@
-"""One exception type for mistakes a user can fix (bad path, bad image, wrong checkpoint), and the range check of
-numeric command-line flags.
+"""One exception type for mistakes a user can fix (bad path, bad image, wrong checkpoint), and the checks of
+command-line flags: numbers in range, names that are not paths.
 
 Scripts catch UserError and print its message as one line, never a traceback.
 """
 import argparse
 import math
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -22,3 +23,11 @@ def bounded(kind, low, high=math.inf, below=False):
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def file_name(text):
+    """An argparse type: a name for files (train.py's --name: OUT/models/NAME.pt), not a path that would lead out of
+    the folder it is meant for."""
+    if text in ("", ".", "..") or Path(text).name != text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"must be a plain name, not {text!r} (--out-dir says where runs go)")
+    return text

@@ -31,6 +31,8 @@ def replace_atomically(path, write):
     except BaseException as e:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
+        if isinstance(e.__context__, KeyboardInterrupt):  # a writer failing as Ctrl-C unwinds it (torch.save does)
+            raise e.__context__ from None
         if isinstance(e, OSError):  # no room, no permission, a file where a folder should be
             raise UserError(f"{path}: cannot write ({_why(e, path.parent)}); "
                             "check that its folder is writable and the disk has room") from None

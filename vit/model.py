@@ -43,9 +43,10 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, x):
         if x.ndim != 4 or x.shape[1:] != (3, self.image_size, self.image_size):
-            raise ValueError(
-                f"expected images of shape (batch, 3, {self.image_size}, {self.image_size}), "
-                f"got {tuple(x.shape)}; resize the images or build the model with image_size={x.shape[-1]}")
+            fix = ("give a batch of RGB images" if x.ndim != 4 or x.shape[1] != 3 else
+                   f"resize the images or build the model with image_size={x.shape[-1]}")
+            raise ValueError(f"expected images of shape (batch, 3, {self.image_size}, {self.image_size}), "
+                             f"got {tuple(x.shape)}; {fix}")
         x = self.stem(x)
         if self.proj.kernel_size == (1, 1):  # the hybrid: E on each position of the CNN's feature map
             x = self.proj(x).flatten(2).transpose(1, 2)

@@ -3,12 +3,24 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API draws with Agg; pyplot and a display are never touched
 
+from vit.errors import UserError
 from vit.files import replace_atomically
 
 
+FORMATS = sorted(Figure().canvas.get_supported_filetypes())  # what matplotlib can write: png, pdf, svg, jpg, ...
+
+
+def figure_format(path):
+    """The format a figure at path is written in, from its suffix (none: PNG); UserError for one matplotlib lacks."""
+    fmt = Path(path).suffix[1:].lower() or "png"
+    if fmt not in FORMATS:
+        raise UserError(f"{path}: cannot write a figure as .{fmt}; use one of .{', .'.join(FORMATS)} (e.g. .png)")
+    return fmt
+
+
 def save_figure(fig, path):
-    """Write the figure to path (its format from the suffix, PNG by default), atomically."""
-    fmt = Path(path).suffix[1:] or "png"
+    """Write the figure to path (figure_format), atomically."""
+    fmt = figure_format(path)
     replace_atomically(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchvision
 
 from vit.errors import UserError
+from vit.model import CONFIGS
 
 CHECKPOINT_FORMAT = "vit-checkpoint-1"
 
@@ -57,6 +58,8 @@ def safe_load(path, mmap=False):
     """torch.load with weights_only=True: tensors and plain containers only, nothing is executed. mmap=True maps the
     tensors' bytes instead of reading them (for a look at a file's small entries; torch.save's zip format only)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a file; pass the weights file or checkpoint in it (models/RUN.pt)")
     if not path.is_file():
         raise UserError(f"{path}: no such file; check the path")
     with open(path, "rb") as f:
@@ -98,8 +101,9 @@ def find_pretrained(name, pretrained):
     obj = safe_load(pretrained)
     if is_checkpoint(obj):
         return Pretrained(obj["state_dict"], str(pretrained), obj.get("preprocess"), obj.get("classes"))
-    if isinstance(obj, dict) and "conv_proj.weight" in obj:
-        return Pretrained(from_torchvision(obj), str(pretrained))
+    if isinstance(obj, dict) and "conv_proj.weight" in obj:  # a copy of torchvision's weights: their classes too
+        state_dict = from_torchvision(obj)
+        return Pretrained(state_dict, str(pretrained), *_meta_of_file(name, pretrained, state_dict))
     if isinstance(obj, dict) and "embed.proj.weight" in obj:
         return Pretrained(obj, str(pretrained))
     raise UserError(f"{pretrained}: not a ViT state dict (neither torchvision's nor this project's); "
@@ -124,14 +128,35 @@ def _torchvision_weights(name):
             raise UserError(
                 f"could not download {name} weights from {weights.url} ({e.__class__.__name__}: {e}); without a "
                 f"network, place that file at {cached}, or load a copy from elsewhere with pretrained=PATH "
-                "(train.py --pretrained PATH)") from None
+                "(--pretrained PATH)") from None
         finally:
             socket.setdefaulttimeout(timeout)
+    return Pretrained(from_torchvision(state_dict), f"torchvision {weights}", *_meta(weights))
+
+
+def _meta(weights):
+    """(preprocess, class names) of one of torchvision's weights."""
     t = weights.transforms()
     preprocess = dict(resize_size=t.resize_size[0], crop_size=t.crop_size[0], mean=list(t.mean), std=list(t.std),
                       interpolation=t.interpolation.value)
-    return Pretrained(from_torchvision(state_dict), f"torchvision {weights}", preprocess,
-                      list(weights.meta["categories"]))
+    return preprocess, list(weights.meta["categories"])
+
+
+def _meta_of_file(name, path, state_dict):
+    """(preprocess, class names) of the torchvision weights for `name` that a file holds: those of its file name,
+    else the default's, else others', where the head's classes and the image size agree; else (None, None)."""
+    try:
+        default = torchvision.models.get_model_weights(name).DEFAULT
+    except ValueError:
+        return None, None
+    choices = [default, *(w for w in type(default) if w is not default)]
+    named = [w for w in choices if os.path.basename(w.url) == Path(path).name]
+    classes = len(state_dict["head.bias"]) if "head.bias" in state_dict else None
+    shape = (classes, Pretrained(state_dict, path).image_size)
+    for weights in named + choices:
+        if (len(weights.meta["categories"]), weights.transforms().crop_size[0]) == shape:
+            return _meta(weights)
+    return None, None
 
 
 def interpolate_pos_embed(pos_embed, grid_size):
@@ -144,6 +169,33 @@ def interpolate_pos_embed(pos_embed, grid_size):
     grid = F.interpolate(grid.float(), size=(grid_size, grid_size), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, -1).to(pos_embed.dtype)
     return torch.cat([cls, grid], dim=1)
+
+
+def _what_fits(state, own):
+    """What to change so that a model has the shapes of the weights `state` (own: the model's state dict)."""
+    def stem(d):
+        return any(k.startswith("embed.stem.") for k in d)
+
+    def depth(d):
+        return len({k.split(".")[1] for k in d if k.startswith("blocks.")})
+
+    def patch(d):
+        return d["embed.proj.weight"].shape[-1] if "embed.proj.weight" in d else None
+
+    def width(d):
+        return d["embed.cls_token"].shape[-1] if "embed.cls_token" in d else None
+
+    if stem(own) and not stem(state):
+        return "they are for the plain patch embedding: build the model with stem='patch' (--stem patch)"
+    if width(own) != width(state) and width(state):
+        names = [n for n, (p, _, _, hidden, _) in CONFIGS.items() if (hidden, p) == (width(state), patch(state))]
+        return f"they are {width(state)} wide: " + (f"build {names[0]} (--model {names[0]})" if names else
+                                                   f"build the model with hidden_dim={width(state)}")
+    if depth(own) != depth(state):
+        return f"they have {depth(state)} layers: build the model with num_layers={depth(state)} (--num-layers)"
+    if patch(own) != patch(state) and patch(state):
+        return f"their patches are {patch(state)} px: build the model with patch_size={patch(state)} (--patch-size)"
+    return "build the model these weights are for (--model NAME, or the flags its run was trained with)"
 
 
 def load_pretrained(model, pretrained):
@@ -162,7 +214,7 @@ def load_pretrained(model, pretrained):
     for problem, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
         if keys:
             raise UserError(f"{pretrained.source}: weights do not fit {model.name or 'this model'} "
-                            f"({len(keys)} {problem}: {', '.join(keys[:5])}); build the model these weights are for")
+                            f"({len(keys)} {problem}: {', '.join(keys[:5])}); {_what_fits(state, own)}")
     model.load_state_dict(state, strict=not new_head)
     if pretrained.preprocess:
         p = pretrained.preprocess
