@@ -146,10 +146,10 @@ def model_flags(path):
 def table1_flags(state):
     """{"model": NAME} of the Table 1 model with a state dict's patch size and widths (and num_layers where its depth
     differs from the name's), or {} when none has them."""
-    try:
-        proj, fc1 = state["embed.proj.weight"], state["blocks.0.mlp.fc1.weight"]
-    except (KeyError, TypeError):
+    keys = ("embed.proj.weight", "blocks.0.mlp.fc1.weight")
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), torch.Tensor) for k in keys):
         return {}
+    proj, fc1 = (state[k] for k in keys)
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     for name, (patch, layers, _, hidden, mlp) in CONFIGS.items():
         if (patch, hidden, mlp) == (proj.shape[-1], proj.shape[0], fc1.shape[0]):
