@@ -19,6 +19,7 @@ import csv
 import glob
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def parse_args(argv):
 
 def is_listing(arg):
     """Whether an input names several images at once: a folder or a glob pattern."""
-    return Path(arg).is_dir() or any(c in arg for c in "*?[")
+    return Path(arg).is_dir() or not Path(arg).exists() and any(c in arg for c in "*?[")  # "photo [1].jpg": a file
 
 
 def load_model(args):
@@ -156,10 +157,10 @@ def figure_paths(paths, save, explain=False):
         folder, figures, used = Path(save or OUT_DIR), {}, set()
         for path in paths:
             stem, n = path.stem, 1
-            while stem in used:  # same file name in two folders
+            while {stem, f"{stem}_attention"} & used:  # same file name in two folders, or x.jpg and x_attention.jpg
                 n += 1
                 stem = f"{path.stem}_{n}"
-            used.add(stem)
+            used |= {stem, f"{stem}_attention"} if explain else {stem}
             figures[path] = folder / f"{stem}.png"
     inputs = {path.resolve(): path for path in paths}
     for figure in figures.values():  # e.g. predict.py photos/*.png --save photos
@@ -180,9 +181,9 @@ def show(path, names, probs, label, as_json):
     if as_json:
         predictions = [{"class": n, "probability": round(p, 6)} for n, p in zip(names, probs)]
         print(json.dumps({"image": str(path), "predictions": predictions, "model": label}), flush=True)
-    else:
-        width = max(map(len, names))
-        print(f"{path}\n" + "\n".join(f"  {n:<{width}}  {p:6.1%}" for n, p in zip(names, probs)), flush=True)
+    else:  # a file name that is not UTF-8 shown with \x escapes, as a terminal may refuse its bytes
+        width, shown = max(map(len, names)), os.fsencode(path).decode("utf-8", "backslashreplace")
+        print(f"{shown}\n" + "\n".join(f"  {n:<{width}}  {p:6.1%}" for n, p in zip(names, probs)), flush=True)
 
 
 def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=False):
@@ -200,6 +201,8 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=
         raise UserError(f"{split}: class folder(s) {', '.join(unknown)} are not among the model's classes "
                         f"({', '.join(model.classes[:10])}); pass a folder with one sub-folder per class")
     decoded = load_split(split, folders, model.preprocess["resize_size"])
+    if decoded.non_images:
+        print(f"skipped {decoded.non_images} non-image file(s) in {split}", file=sys.stderr)
     for path, reason in decoded.skipped:
         failures.append(f"{path}: {reason}")
         print(f"error: {path}: {reason}", file=sys.stderr)

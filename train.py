@@ -251,7 +251,10 @@ def train(args):
     # data: decode once, in threads (shorter side = the eval resize, so eval preprocessing is exact), then augment per
     # sample in DataLoader workers, or per batch on the device (vit/augment.py)
     if rank > 0:
-        dist.barrier()  # rank 0 decodes first and fills the cache, the others then read it
+        try:
+            dist.barrier()  # rank 0 decodes first and fills the cache, the others then read it
+        except RuntimeError:  # rank 0 stopped there, and said why
+            raise SystemExit(2) from None
     decoded = {split: data.load_split(d, splits.classes, model.preprocess["resize_size"], args.cache_dir)
                for split, d in (("train", splits.train_dir), ("test", splits.test_dir))}
     if rank == 0 and world > 1:
@@ -273,8 +276,9 @@ def train(args):
         train_set = features(model, crops, normalise, args, device, autocast)
         test_set = features(model, test_set, normalise, args, device, autocast)
         normalise = torch.nn.Identity()  # the test set holds features now
+        share = f" (test images: rank 0's share of {len(decoded['test'].images)})" if world > 1 else ""
         log(f"features: {len(train_set) + len(test_set)} images through the frozen backbone once, "
-            f"in {time.perf_counter() - t0:.1f}s")
+            f"in {time.perf_counter() - t0:.1f}s{share}")
     workers = 0 if args.freeze else args.workers
     generator, sampler = torch.Generator(), None
     on_device = not args.freeze and (args.augment == "device" or args.augment == "auto" and device.type == "cuda")
@@ -375,7 +379,8 @@ def main(argv=None):
     try:
         return train(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if is_master():  # under torchrun every process finds the same mistake: said once
+            print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     except KeyboardInterrupt:  # before the epochs (decoding, start-up); during them train() saves and says so
         print("\ninterrupted", file=sys.stderr)

@@ -6,6 +6,8 @@
 batch then moved to --device; (b) batched: vit.augment.DeviceLoader + BatchAugment on --device. Both on the
 same synthetic decoded images (random uint8, shorter side 256, aspect ratios 3:4 to 3:2, as vit.data.decode
 leaves photos). Each repeat times (a), then (b); the table gives the median of the repeats in images/s.
+(b) augments one batch per call: train.py's DeviceLoader augments several small batches in one call, and
+timing batch by batch would then charge the whole call to the first batch and nothing to the others.
 """
 import argparse
 import os
@@ -54,7 +56,7 @@ per_sample = torch.utils.data.DataLoader(
     ImageDataset(decoded, train_transform(args.image_size, mean, std)), batch_size=args.batch_size, shuffle=True,
     drop_last=True, num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")
 batched = DeviceLoader(decoded, BatchAugment(args.image_size, mean, std), args.batch_size, device,
-                       torch.Generator().manual_seed(0), drop_last=True)
+                       torch.Generator().manual_seed(0), drop_last=True, floats_per_call=0)  # see the docstring
 paths = {f"per-sample, DataLoader {args.workers} workers": forever(per_sample),
          f"BatchAugment on {device}": forever(batched)}
 times = {name: [] for name in paths}

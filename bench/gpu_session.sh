@@ -6,6 +6,7 @@
 #   bash bench/gpu_session.sh PHOTOS OUT
 # PHOTOS holds pizza_steak_sushi_20_percent/ (the end-to-end JPEGs); OUT receives 6 files.
 set -u
+if [ $# -ne 2 ]; then echo "usage: bash bench/gpu_session.sh PHOTOS OUT" >&2; exit 2; fi
 PHOTOS=$1 OUT=$2
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"

@@ -68,6 +68,10 @@ def main():
     p.add_argument("--timeout", type=float, help="stop each run after this many seconds")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     args, extra = p.parse_known_args()  # anything else goes to every train.py
+    unknown = sorted(set(args.only or []) - set(RECIPES))
+    if unknown or not (args.data or args.table):
+        p.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}" if unknown else
+                "give --data ROOT (or --table)")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table:
         jobs = [(Path(root), f"{Path(root).name}--{name}", flags) for root in args.data

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 import vit.data as data
@@ -71,6 +72,22 @@ def test_find_splits_says_how_to_fix_a_folder_without_train_and_test(tmp_path):
     make_tree(tmp_path / "ds")
     with pytest.raises(UserError, match=r"train: one split of a dataset, not its root; pass the folder above it"):
         data.find_splits(tmp_path / "ds" / "train")  # a split passed as --data
+    for name in ("cat", "dog"):  # the images a folder deeper: the same hint
+        write_image(tmp_path / "nested" / name / "2019" / "0.png")
+    with pytest.raises(UserError, match=r"nested: class folders \(cat, dog\) but no train/ and test/; move about"):
+        data.find_splits(tmp_path / "nested")
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_images_in_linked_folders_count_as_imagefolder_counts_them(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / "elsewhere" / f"{i}.png")
+    write_image(tmp_path / "train" / "a" / "own.png")
+    write_image(tmp_path / "train" / "b" / "own.png")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "train" / "a" / "more")  # a linked sub-folder of a class
+    decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    folder = torchvision.datasets.ImageFolder(tmp_path / "train")
+    assert decoded.labels == [0, 0, 0, 0, 1] and len(folder) == 5
 
 
 def test_find_splits_missing_test(tmp_path):
@@ -94,6 +111,8 @@ def test_find_splits_empty_class_folder(tmp_path):
     (tmp_path / "train" / "c" / "notes.txt").write_text("not an image")
     with pytest.raises(UserError, match=r"train[/\\]c: no images"):
         data.find_splits(tmp_path)
+    with pytest.raises(UserError, match=r"train[/\\]c: no images \(.*\); add images or remove the class folder$"):
+        data.load_split(tmp_path / "train", ["a", "b", "c"], size=8)  # as predict.py --evaluate gives it classes
 
 
 def test_find_splits_no_class_folders(tmp_path):
@@ -165,6 +184,8 @@ def test_class_with_only_corrupt_images_is_an_error(tmp_path):
     ("cmyk.jpg", "CMYK", (0, 255, 255, 0), (255, 0, 0)),  # approx red
     ("cmyk.tif", "CMYK", (0, 0, 0, 255), (0, 0, 0)),
     ("wide.png", "I;16", 40000, (156, 156, 156)),  # 16-bit scaled to 8 bits, not clipped to white
+    ("unit.tif", "F", 0.5, (127, 127, 127)),  # floats of 0-1, not black
+    ("levels.tif", "F", 200.0, (200, 200, 200)),  # floats of 0-255 as they are
 ])
 def test_open_rgb_converts_modes(tmp_path, name, mode, color, expected):
     image = data.open_rgb(write_image(tmp_path / name, mode=mode, color=color))

@@ -425,6 +425,26 @@ def test_metrics_by_hand():
     assert (b["precision"], b["recall"], b["support"]) == (0.5, 0.5, 2)
     c = report["classes"][2]
     assert c["precision"] == 1.0 and c["recall"] == pytest.approx(2 / 3) and c["f1"] == pytest.approx(0.8)
+    perfect_without_b = classification_report([[5, 0, 0], [0, 0, 0], [0, 0, 5]], ["a", "b", "c"])
+    assert perfect_without_b["macro_f1"] == 1.0  # over the classes the labels hold: b has none, so no F1 of 0
+
+
+def test_awkward_file_names_are_files_and_figures_stay_apart(ckpt, tmp_path, capsys):
+    """A name with [ ] is a file, not a glob; x.png and x_attention.png with --explain get four distinct figures;
+    a file name that is not UTF-8 reaches predictions.csv as its own bytes."""
+    bracket, plain = write_image(tmp_path / "a" / "photo [1].png", 0), write_image(tmp_path / "a" / "photo 1.png", 1)
+    result = predict_here(capsys, "--model", ckpt[0], bracket, "--no-figures", "--json")
+    assert result.returncode == 0 and [json.loads(line)["image"] for line in result.stdout.splitlines()] == [
+        str(bracket)] and plain.exists()
+    images = [write_image(tmp_path / "b" / name, i) for i, name in enumerate(("x.png", "x_attention.png"))]
+    result = predict_here(capsys, "--model", ckpt[0], tmp_path / "b", "--explain", "--save", tmp_path / "figs")
+    assert result.returncode == 0 and len(images) == 2 and len(list((tmp_path / "figs").glob("*.png"))) == 4
+    if sys.platform.startswith("linux"):  # file names are bytes there
+        latin = os.fsdecode(os.fsencode(str(tmp_path / "c")) + b"/caf\xe9.png")
+        write_image(Path(latin), 2)
+        result = predict_here(capsys, "--model", ckpt[0], tmp_path / "c", "--no-figures", "--save", tmp_path / "out")
+        assert result.returncode == 0 and b"caf\xe9.png" in (tmp_path / "out" / "predictions.csv").read_bytes()
+        assert result.stdout.startswith(f"{tmp_path / 'c'}/caf\\xe9.png\n")
 
 
 def test_evaluate_counts_samples_not_batches():

@@ -34,6 +34,7 @@ DATASETS = {  # names accepted by --data that are downloaded once into data/<nam
 CACHE_VERSION = 2  # bump when decoding or the cache's layout changes, so old caches are not reused
 UNCACHED = "; the images will be decoded again next time (or choose --cache-dir)"
 PART_BYTES = 2**28  # decoded images per cache part (256 MiB): what decoding holds in memory at once with a cache
+NO_IMAGES = f"no images ({' '.join(IMG_EXTENSIONS)}); add images or remove the class folder"
 THREADS = min(8, os.cpu_count() or 1)  # decoding threads: Pillow decodes and resizes without holding the GIL
 
 
@@ -94,8 +95,9 @@ def is_image(path):
 
 
 def list_files(folder):
-    """All files under folder (recursively, like ImageFolder), sorted."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    """All files under folder (recursively, into linked folders too, like ImageFolder), sorted."""
+    walk = os.walk(folder, followlinks=True)
+    return sorted(p for root, _, names in walk for p in (Path(root, name) for name in names) if p.is_file())
 
 
 def class_folders(split_dir):
@@ -117,7 +119,7 @@ def find_splits(root):
         if root.name in ("train", "test", "val") and (root.parent / "train").is_dir():
             raise UserError(f"{root}: one split of a dataset, not its root; pass the folder above it ({root.parent})")
         flat = [name for name in class_folders(root) if name not in ("test", "val")]
-        if flat and any(is_image(p) for p in (root / flat[0]).iterdir()):  # class folders, but no split
+        if len(flat) > 1 and any(is_image(p) for p in list_files(root / flat[0])):  # class folders, but no split
             named = ", ".join(flat[:3]) + (", ..." if len(flat) > 3 else "")
             raise UserError(f"{root}: class folders ({named}) but no train/ and test/; move about a fifth of each "
                             f"class's images to {root / 'test' / '<class>'} and the rest to "
@@ -139,15 +141,18 @@ def find_splits(root):
     for split_dir in (train_dir, test_dir):
         for name in classes:
             if not any(is_image(p) for p in list_files(split_dir / name)):
-                raise UserError(f"{split_dir / name}: no images ({' '.join(IMG_EXTENSIONS)}); "
-                                "add images or remove the class folder")
+                raise UserError(f"{split_dir / name}: {NO_IMAGES}")
     return Splits(train_dir, test_dir, classes)
 
 
 def to_rgb(image):
-    """Convert any Pillow mode to RGB; transparent pixels become white, 16-bit greyscale is scaled to 8 bits."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        image = image.convert("I").point(lambda v: v / 256).convert("L")
+    """Convert any Pillow mode to RGB; transparent pixels become white, 16-bit greyscale is scaled to 8 bits, 32-bit
+    and float greyscale by their largest value (floats of at most 1 taken as 0-1)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16 bits to 8; 32-bit integers and floats by their range
+        top = image.getextrema()[1]
+        scale = (255 if top <= 1 else 1 if top <= 255 else 1 / 256) if image.mode == "F" else 1 / 256
+        scale = 255 / top if top > 65535 else scale
+        image = image.convert("F" if image.mode == "F" else "I").point(lambda v: v * scale).convert("L")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
@@ -260,8 +265,9 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
         out.images.extend(kept)
     for label, name in enumerate(classes):
         if label not in out.labels:
-            raise UserError(f"{split_dir / name}: none of its images could be decoded; "
-                            "replace them or remove the folder")
+            found = any(label == i for i, _ in images)
+            raise UserError(f"{split_dir / name}: " + ("none of its images could be decoded; replace them or remove "
+                                                       "the folder" if found else NO_IMAGES))
     if cache is not None:  # the index, written last: the cache is complete once it exists
         try:
             save_checkpoint(dict(vars(out), images=parts), cache)  # images: the parts' file names

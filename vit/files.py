@@ -51,4 +51,5 @@ def make_folders(*folders):
 
 def write_text(path, text):
     """A text file (JSON, CSV), written atomically, its line endings as given."""
-    replace_atomically(path, lambda tmp: Path(tmp).write_text(text, newline=""))
+    # UTF-8; file names that are not (os.fsdecode's surrogates) keep their own bytes
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text, "utf-8", "surrogateescape", newline=""))

@@ -38,7 +38,8 @@ def confusion_matrix(preds, labels, num_classes):
 
 
 def classification_report(matrix, classes):
-    """Accuracy, macro F1 and per-class precision/recall/F1/support from a confusion matrix (0 where undefined)."""
+    """Accuracy, macro F1 (over the classes the labels hold: an evaluation folder may hold some of the model's) and
+    per-class precision/recall/F1/support from a confusion matrix (0 where undefined)."""
     matrix = torch.as_tensor(matrix, dtype=torch.float64)
     correct = matrix.diag()
     predicted, support = matrix.sum(0), matrix.sum(1)
@@ -48,7 +49,7 @@ def classification_report(matrix, classes):
     rows = [{"class": name, "precision": p, "recall": r, "f1": f, "support": int(s)}
             for name, p, r, f, s in zip(classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())]
     return {"accuracy": correct.sum().item() / max(matrix.sum().item(), 1),
-            "macro_f1": f1.mean().item(), "total": int(matrix.sum().item()), "classes": rows}
+            "macro_f1": f1[support > 0].mean().nan_to_num().item(), "total": int(matrix.sum().item()), "classes": rows}
 
 
 def format_report(report):
