@@ -148,10 +148,14 @@ def find_splits(root):
 def to_rgb(image):
     """Convert any Pillow mode to RGB; transparent pixels become white, 16-bit greyscale is scaled to 8 bits, 32-bit
     and float greyscale by their largest value (floats of at most 1 taken as 0-1)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16 bits to 8; 32-bit integers and floats by their range
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # greyscale of more than 8 bits -> 8 bits
         top = image.getextrema()[1]
-        scale = (255 if top <= 1 else 1 if top <= 255 else 1 / 256) if image.mode == "F" else 1 / 256
-        scale = 255 / top if top > 65535 else scale
+        if top > 65535:  # 32-bit integers or large floats: by their largest value
+            scale = 255 / top
+        elif image.mode != "F" or top > 255:  # 16 bits
+            scale = 1 / 256
+        else:  # floats of 0-1, or of 0-255
+            scale = 255 if top <= 1 else 1
         image = image.convert("F" if image.mode == "F" else "I").point(lambda v: v * scale).convert("L")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
