@@ -45,6 +45,8 @@ parser.add_argument("--size", type=int, default=256, help="shorter side after de
 parser.add_argument("--part-mib", type=int, nargs="+", default=[16, 256])
 parser.add_argument("--case", type=int, help=argparse.SUPPRESS)  # one case, in a child process
 args = parser.parse_args()
+if not Path(args.split_dir).is_dir():
+    parser.error(f"{args.split_dir}: no such folder (a split folder: <class>/<images>)")
 if args.case is not None:
     case(args.split_dir, args.size, args.case)
 else:

@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -55,6 +56,8 @@ def busy_until_written(writer):
 
 
 writers = {"CheckpointWriter": save_checkpoint, "CheckpointWriter, torch.save given the file name": by_file_name}
+if args.dir:
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
 with tempfile.TemporaryDirectory(dir=args.dir) as folder:
     last, best = os.path.join(folder, "run.pt"), os.path.join(folder, "run-best.pt")
     blocked = {"in place": [], **{name: [] for name in writers}}

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import make, timed  # noqa: E402
+from vit.model import list_models  # noqa: E402
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--models", nargs="+", default=["vit_ti_16", "vit_b_16"])
+parser.add_argument("--models", nargs="+", default=["vit_ti_16", "vit_b_16"], choices=list_models())
 parser.add_argument("--batch", type=int, default=8)
 parser.add_argument("--repeats", type=int, default=5)
 parser.add_argument("--steps", type=int, default=2)  # timed steps per repeat

@@ -21,6 +21,8 @@ parser.add_argument("--sizes", type=int, nargs="+", default=[73, 256], help="sho
 parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
 parser.add_argument("--repeats", type=int, default=3)
 args = parser.parse_args()
+if not Path(args.split_dir).is_dir():
+    parser.error(f"{args.split_dir}: no such folder (a split folder: <class>/<images>)")
 
 classes = data.class_folders(Path(args.split_dir))
 times = {(size, threads): [] for size in args.sizes for threads in args.threads}

@@ -23,7 +23,8 @@ import train  # noqa: E402
 from vit import data  # noqa: E402
 from vit.checkpoint import CheckpointWriter  # noqa: E402
 
-parser = argparse.ArgumentParser()
+parser = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--alone", metavar="GPU_JSON", help="bench/gpu.py --json output: its first row is the yardstick")
 parser.add_argument("--no-checkpoint", action="store_true", help="write no checkpoints")
 args, train_args = parser.parse_known_args()

@@ -23,7 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import train  # noqa: E402
 
-parser = argparse.ArgumentParser()
+parser = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--epoch", type=int, help="the epoch to profile, from 1 (default: the last)")
 parser.add_argument("--rows", type=int, default=20, help="operators to list")
 args, train_args = parser.parse_known_args()
