@@ -11,7 +11,7 @@ import torch
 from vit.errors import UserError
 from vit.files import replace_atomically
 from vit.model import CONFIGS, SHAPE_FLAGS, VisionTransformer
-from vit.weights import CHECKPOINT_FORMAT, from_torchvision, is_checkpoint, safe_load
+from vit.weights import CHECKPOINT_FORMAT, depth, from_torchvision, is_checkpoint, safe_load, table1_name
 
 
 def save_checkpoint(obj, path):
@@ -146,15 +146,10 @@ def model_flags(path):
 def table1_flags(state):
     """{"model": NAME} of the Table 1 model with a state dict's patch size and widths (and num_layers where its depth
     differs from the name's), or {} when none has them."""
-    keys = ("embed.proj.weight", "blocks.0.mlp.fc1.weight")
-    if not isinstance(state, dict) or not all(isinstance(state.get(k), torch.Tensor) for k in keys):
+    name = table1_name(state)
+    if name is None:
         return {}
-    proj, fc1 = (state[k] for k in keys)
-    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    for name, (patch, layers, _, hidden, mlp) in CONFIGS.items():
-        if (patch, hidden, mlp) == (proj.shape[-1], proj.shape[0], fc1.shape[0]):
-            return {"model": name, **({"num_layers": depth} if depth != layers else {})}
-    return {}
+    return {"model": name, **({"num_layers": depth(state)} if depth(state) != CONFIGS[name][1] else {})}
 
 
 def model_checkpoint(model):

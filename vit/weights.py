@@ -171,13 +171,25 @@ def interpolate_pos_embed(pos_embed, grid_size):
     return torch.cat([cls, grid], dim=1)
 
 
+def depth(state):
+    """The number of encoder blocks (layers) of a state dict in this project's names."""
+    return len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+
+
+def table1_name(state):
+    """The Table 1 model whose patch size, width and MLP size a state dict (this project's names) has, or None."""
+    keys = ("embed.proj.weight", "blocks.0.mlp.fc1.weight")
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), torch.Tensor) for k in keys):
+        return None
+    proj, fc1 = (state[k] for k in keys)
+    return next((name for name, (patch, _, _, hidden, mlp) in CONFIGS.items()
+                 if (patch, hidden, mlp) == (proj.shape[-1], proj.shape[0], fc1.shape[0])), None)
+
+
 def _what_fits(state, own):
     """What to change so that a model has the shapes of the weights `state` (own: the model's state dict)."""
     def stem(d):
         return any(k.startswith("embed.stem.") for k in d)
-
-    def depth(d):
-        return len({k.split(".")[1] for k in d if k.startswith("blocks.")})
 
     def patch(d):
         return d["embed.proj.weight"].shape[-1] if "embed.proj.weight" in d else None
@@ -188,8 +200,8 @@ def _what_fits(state, own):
     if stem(own) and not stem(state):
         return "they are for the plain patch embedding: build the model with stem='patch' (--stem patch)"
     if width(own) != width(state) and width(state):
-        names = [n for n, (p, _, _, hidden, _) in CONFIGS.items() if (hidden, p) == (width(state), patch(state))]
-        return f"they are {width(state)} wide: " + (f"build {names[0]} (--model {names[0]})" if names else
+        name = table1_name(state)
+        return f"they are {width(state)} wide: " + (f"build {name} (--model {name})" if name else
                                                    f"build the model with hidden_dim={width(state)}")
     if depth(own) != depth(state):
         return f"they have {depth(state)} layers: build the model with num_layers={depth(state)} (--num-layers)"
