@@ -155,12 +155,16 @@ def figure_paths(paths, save, explain=False):
         figures, folder = dict.fromkeys(paths, Path(save)), Path(save).parent
     else:
         folder, figures, used = Path(save or OUT_DIR), {}, set()
+
+        def names(stem):  # the files a figure of this stem takes: with --explain, its attention map's too
+            return {stem, f"{stem}_attention"} if explain else {stem}
+
         for path in paths:
             stem, n = path.stem, 1
-            while {stem, f"{stem}_attention"} & used:  # same file name in two folders, or x.jpg and x_attention.jpg
+            while names(stem) & used:  # same file name in two folders, or x.jpg and x_attention.jpg
                 n += 1
                 stem = f"{path.stem}_{n}"
-            used |= {stem, f"{stem}_attention"} if explain else {stem}
+            used |= names(stem)
             figures[path] = folder / f"{stem}.png"
     inputs = {path.resolve(): path for path in paths}
     for figure in figures.values():  # e.g. predict.py photos/*.png --save photos
