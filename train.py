@@ -27,10 +27,10 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from vit import augment, data, plots
-from vit.checkpoint import (CheckpointWriter, git_commit, load_checkpoint, model_flags, model_from_checkpoint,
-                            restore_training, resumed_args, training_checkpoint)
+from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, load_checkpoint, model_flags,
+                            model_from_checkpoint, restore_training, resumed_args, run_files, training_checkpoint)
 from vit.device import mixed_precision, pick_device
-from vit.distributed import all_reduce, init_processes, is_master, log
+from vit.distributed import all_reduce, init_processes, is_master, log, master_first
 from vit.errors import UserError, bounded, file_name
 from vit.files import make_folders, write_text
 from vit.metrics import evaluate
@@ -209,18 +209,8 @@ def train(args):
     if unused:
         log(f"ignored with --freeze: {flags(unused)} (the frozen backbone sees each image once, unaugmented)")
     args.name = args.name or f"{args.model}-{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = Path(args.out_dir)
-    last, best = out / "models" / f"{args.name}.pt", out / "models" / f"{args.name}-best.pt"
-    results = out / "results" / args.name
-    if last.exists() and not ckpt:
-        raise UserError(f"{last}: a run of this name exists; pick another --name or continue it with --resume {last}")
-    if ckpt and last.exists() and not os.path.samefile(args.resume, last):  # e.g. RUN-best.pt of a run that went on
-        raise UserError(f"{args.resume}: an earlier checkpoint of the run saved in {last}, which resuming would "
-                        f"overwrite; resume {last}, or start a new run from these weights: --pretrained {args.resume}")
-    if ckpt and not last.exists() and Path(args.resume).resolve() != best.resolve():  # moved, copied or renamed
-        raise UserError(f"{args.resume}: resuming writes the run {args.name} to {last}, which this file is not; put it "
-                        f"back there, or start a new run from its weights: --pretrained {args.resume}")
-
+    last, best, results = run_files(args.out_dir, args.name)
+    check_run_files(last, best, args.resume if ckpt else None)
     # processes and device
     device, world, rank = init_processes(pick_device(args.device))
     if args.batch_size % world:
@@ -250,15 +240,9 @@ def train(args):
 
     # data: decode once, in threads (shorter side = the eval resize, so eval preprocessing is exact), then augment per
     # sample in DataLoader workers, or per batch on the device (vit/augment.py)
-    if rank > 0:
-        try:
-            dist.barrier()  # rank 0 decodes first and fills the cache, the others then read it
-        except RuntimeError:  # rank 0 stopped there, and said why
-            raise SystemExit(2) from None
-    decoded = {split: data.load_split(d, splits.classes, model.preprocess["resize_size"], args.cache_dir)
-               for split, d in (("train", splits.train_dir), ("test", splits.test_dir))}
-    if rank == 0 and world > 1:
-        dist.barrier()
+    with master_first():  # rank 0 decodes and fills the cache, the others then read it
+        decoded = {split: data.load_split(d, splits.classes, model.preprocess["resize_size"], args.cache_dir)
+                   for split, d in (("train", splits.train_dir), ("test", splits.test_dir))}
     pre = model.preprocess
     for (split, dec), folder in zip(decoded.items(), (splits.train_dir, splits.test_dir)):
         skipped = f"; skipped {dec.non_images} non-image file(s)" if dec.non_images else ""

@@ -175,13 +175,34 @@ def restore_training(ckpt, optimizer, scheduler, scaler):
     return list(ckpt["metrics"]), ckpt["best_acc"], ckpt["epoch"]
 
 
+def run_files(out_dir, name):
+    """The files of the run `name` under out_dir: (models/RUN.pt, models/RUN-best.pt, results/RUN/)."""
+    models = Path(out_dir) / "models"
+    return models / f"{name}.pt", models / f"{name}-best.pt", Path(out_dir) / "results" / name
+
+
+def check_run_files(last, best, resume=None):
+    """Refuse a new run that would overwrite another's checkpoint `last`, and a --resume of a file other than its
+    run's own (run_files): an earlier RUN-best.pt would be overwritten, a moved one resumed into the wrong folder."""
+    if not resume:
+        if last.exists():
+            raise UserError(f"{last}: a run of this name exists; pick another --name or continue it with "
+                            f"--resume {last}")
+    elif last.exists() and not os.path.samefile(resume, last):  # e.g. RUN-best.pt of a run that went on
+        raise UserError(f"{resume}: an earlier checkpoint of the run saved in {last}, which resuming would "
+                        f"overwrite; resume {last}, or start a new run from these weights: --pretrained {resume}")
+    elif not last.exists() and Path(resume).resolve() != best.resolve():  # moved, copied or renamed
+        raise UserError(f"{resume}: resuming writes the run {last.stem} to {last}, which this file is not; put it back "
+                        f"there, or start a new run from its weights: --pretrained {resume}")
+
+
 def resumed_args(ckpt, args, keep, given=()):
     """The checkpointed run's arguments, except the flags named in `keep`, which come from `args` (this command
-    line); files go on being written next to the checkpoint. Also the flags of `given` (those this command line
+    line); files go on being written next to the checkpoint (run_files). Also the flags of `given` (those this command line
     set) that the run does not take, as its own value differs: -> (arguments, names of the ignored ones)."""
     saved = {"trivial_augment": 1.0, **ckpt["args"]}  # runs saved before that flag used it on every image
     resumed = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in keep}, "resume": args.resume})
-    resumed.out_dir = str(Path(args.resume).resolve().parent.parent)
+    resumed.out_dir = str(Path(args.resume).resolve().parent.parent)  # run_files' OUT of OUT/models/RUN.pt
     mine = dict(vars(args))
     if mine.get("data"):  # a path or a dataset name -> the folder, resolved, as train.py saves it
         from vit.data import dataset_folder  # vit.data imports this module

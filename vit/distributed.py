@@ -1,5 +1,6 @@
 """Processes for data-parallel training (torchrun): which one this is, summing across them, who prints."""
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -36,3 +37,18 @@ def log(*a):
     """print, in the master process only."""
     if is_master():
         print(*a, flush=True)
+
+
+@contextmanager
+def master_first():
+    """Run the block in rank 0 first (e.g. to fill a cache that the others then read), then in the others together;
+    if rank 0 stopped before its end (it has said why), the others exit quietly with status 2."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank > 0:
+        try:
+            dist.barrier()
+        except RuntimeError:
+            raise SystemExit(2) from None
+    yield
+    if rank == 0 and dist.is_initialized():
+        dist.barrier()
