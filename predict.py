@@ -4,8 +4,9 @@
     python predict.py --pretrained [vit_b_16.pth] photo.jpg --explain
     python predict.py --model models/RUN.pt --evaluate data/pizza_steak_sushi
 
---pretrained downloads torchvision's ImageNet weights; --pretrained PATH loads a file of them (a torchvision
-vit_b_16 state dict) instead. A PATH that is an image, a folder or a glob is taken as an input, not as weights.
+--pretrained downloads torchvision's ImageNet weights; --pretrained PATH loads a file of them instead (a torchvision
+ViT state dict: the Table 1 model of its shapes), or a checkpoint as --model does. A PATH that is an image, a folder
+or a glob is taken as an input, not as weights.
 Per image: a top-K table (or with --json one JSON object per line) and a figure results/predictions/<stem>.png
 (--save: the figure's path for one image, its format from the suffix, else a folder; --no-figures: none), with
 --explain also <stem>_attention.png (attention rollout, in the figure's format); for a folder, a glob or several
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vit import build_model
-from vit.checkpoint import load_checkpoint, model_from_checkpoint
+from vit.checkpoint import model_flags, model_from_checkpoint
 from vit.data import (class_folders, decode_many, eval_images, eval_normalise, eval_transform, is_image, list_files,
                       load_split)
 from vit.device import pick_device
@@ -37,6 +38,7 @@ from vit.explain import model_view, rollout, save_attention_figure, save_predict
 from vit.files import write_text
 from vit.metrics import classification_report, evaluate, format_report
 from vit.plots import FORMATS, figure_format, plot_confusion
+from vit.weights import is_checkpoint, safe_load
 
 OUT_DIR = Path("results/predictions")  # default folder for figures, predictions.csv and evaluation results
 
@@ -48,7 +50,7 @@ def parse_args(argv):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="checkpoint written by train.py (models/RUN.pt)")
     source.add_argument("--pretrained", nargs="?", const=True, metavar="PATH",
-                        help="torchvision's ImageNet vit_b_16 instead (downloaded), or its weights file at PATH")
+                        help="torchvision's ImageNet vit_b_16 instead (downloaded), or a weights file at PATH")
     parser.add_argument("--topk", type=bounded(int, 1), default=3, help="classes shown per image (at most all classes)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=bounded(int, 1), default=32,
@@ -79,11 +81,18 @@ def is_listing(arg):
 def load_model(args):
     """The model (with .classes and .preprocess) and a label naming it."""
     if args.model:
-        model, label = model_from_checkpoint(load_checkpoint(args.model)), args.model
+        model, label = model_from_checkpoint(args.model), args.model
     elif args.pretrained is True:
         model, label = build_model("vit_b_16", pretrained=True), "vit_b_16 (torchvision ImageNet weights)"
-    else:  # a file of torchvision's weights: its classes are ImageNet's
-        model, label = build_model("vit_b_16", pretrained=args.pretrained), args.pretrained
+    elif is_checkpoint(obj := safe_load(args.pretrained)):  # as train.py's --pretrained RUN.pt takes it
+        model, label = model_from_checkpoint(dict(obj, path=args.pretrained)), args.pretrained
+    else:  # weights: the Table 1 model of their shapes; a copy of torchvision's brings ImageNet's classes
+        flags = model_flags(args.pretrained)
+        try:
+            model = build_model(flags.pop("model", "vit_b_16"), pretrained=args.pretrained, **flags)
+        except ValueError as e:
+            raise UserError(f"{args.pretrained}: {e}") from None
+        label = args.pretrained
     if not model.classes:
         raise UserError(f"{label}: holds no class names; use a checkpoint written by train.py (--model) "
                         "or torchvision's ImageNet vit_b_16 weights (--pretrained [PATH])")
@@ -91,7 +100,7 @@ def load_model(args):
 
 
 def expand(inputs):
-    """Image paths from files, folders (recursively, image files only) and glob patterns; also whether
+    """Image paths from files, folders (recursively, image files only) and glob patterns, each once; also whether
     any folder or glob was given. Folders and globs that match no image are reported as failures, the
     non-image files they hold are counted on stderr."""
     paths, failures, listing = [], [], False
@@ -110,7 +119,10 @@ def expand(inputs):
             paths += found
         else:
             paths.append(Path(arg))
-    return paths, failures, listing
+    unique = {}  # an image named twice (photos/ 'photos/*.jpg', or photo.jpg twice) is predicted once
+    for path in paths:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values()), failures, listing
 
 
 @torch.inference_mode()

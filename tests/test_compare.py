@@ -38,6 +38,16 @@ def test_compare_writes_figure_and_table(tmp_path):
     assert rows["run_b"][1:5] == ["0.8000", "0.8000", "2", "3m01.0s"]
 
 
+def test_a_run_of_one_epoch_is_drawn_as_points(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(compare, "save_figure", lambda fig, path: figures.append(fig))
+    write_metrics(tmp_path / "one", [0.5], seconds=1.0)
+    write_metrics(tmp_path / "two", [0.5, 0.6], seconds=1.0)
+    compare.plot_runs([compare.load_run(tmp_path / "one"), compare.load_run(tmp_path / "two")], tmp_path / "x.png")
+    markers = {line.get_label(): line.get_marker() for line in figures[0].axes[0].get_lines()}
+    assert markers == {"one test": "o", "one train": "o", "two test": "None", "two train": "None"}
+
+
 def test_compare_bad_metrics(tmp_path, capsys):
     write_metrics(tmp_path / "good", [0.5], seconds=1.0)
     (tmp_path / "broken").mkdir()

@@ -196,7 +196,8 @@ def test_weights_for_another_model_name_the_keys(tmp_path):
     torch.save(build_model("vit_b_32", num_layers=1).state_dict(), b32)
     with pytest.raises(UserError, match=r"their patches are 32 px: build the model with patch_size=32"):
         build_model("vit_b_16", pretrained=b32, num_layers=1)
-    with pytest.raises(UserError, match=r"they are 768 wide: build vit_b_32 \(--model vit_b_32\)$"):
+    with pytest.raises(UserError, match=r"they are 768 wide: build vit_b_32 with num_layers=1 "
+                                        r"\(--model vit_b_32 --num-layers 1\)$"):
         build_model("vit_ti_16", pretrained=b32, num_layers=1, patch_size=32)
     with pytest.raises(UserError, match=r"missing: blocks.3.*; they have 3 layers: build the model with num_layers=3 "
                                         r"\(--num-layers\)$"):
@@ -238,6 +239,11 @@ def test_wrong_input_is_a_clear_error():
     for shape in ((1, 1, 32, 32), (1, 1, 64, 64), (3, 32, 32)):  # a wrong channel count is not a wrong size
         with pytest.raises(ValueError, match=rf"got {re.escape(str(shape))}; give a batch of RGB images$"):
             model(torch.randn(*shape))
+    with pytest.raises(ValueError, match=r"got \(1, 3, 32, 48\); resize and crop them to 32 x 32 px, e.g. with "
+                                         r"vit.data.eval_transform\(model.preprocess\)$"):
+        model(torch.randn(1, 3, 32, 48))
+    with pytest.raises(ValueError, match="expected float images, got torch.uint8; scale and normalise"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
         build_model("vit_ti_16", image_size=30)
     with pytest.raises(ValueError, match="unknown model"):
@@ -295,3 +301,21 @@ def test_conv_stem_hybrid_builds_saves_and_refuses_patch_weights(tmp_path):
         build_model("vit_b_16", pretrained=path, stem="conv", **SMALL)
     with pytest.raises(ValueError, match="power-of-two patch_size"):
         build_model("vit_ti_16", image_size=36, patch_size=12, stem="conv")
+
+
+def test_a_hybrids_plain_state_dict_names_its_model_and_what_to_change(tmp_path):
+    model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1, stem="conv").eval()
+    path = tmp_path / "hybrid.pth"
+    torch.save(model.state_dict(), path)  # no preprocessing saved: the image size comes from the shapes
+    state = torch.load(path)
+    assert vit.weights.table1_flags(state) == {"model": "vit_ti_16", "patch_size": 8, "num_layers": 1, "stem": "conv"}
+    again = build_model("vit_ti_16", num_classes=2, pretrained=path, patch_size=8, num_layers=1, stem="conv").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert again.image_size == 32 and torch.equal(again(x), model(x))
+    with pytest.raises(UserError, match=r"unexpected: embed.stem.*; they are for the conv stem: build the model with "
+                                        r"stem='conv' \(--stem conv\)$"):
+        build_model("vit_ti_16", num_classes=2, pretrained=path, patch_size=8, num_layers=1)
+    with pytest.raises(UserError, match=r"they are 192 wide: build vit_ti_16 with patch_size=8, num_layers=1, "
+                                        r"stem='conv' \(--model vit_ti_16 --patch-size 8 --num-layers 1 --stem conv\)$"):
+        build_model("vit_s_16", num_classes=2, pretrained=path, patch_size=8, num_layers=1, stem="conv")

@@ -294,15 +294,42 @@ def test_pretrained_path_loads_that_weights_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(predict_script, "build_model", lambda *a, **k: built.append((a, k)) or model)
     image = write_image(tmp_path / "photos" / "fish.png", 5)
     weights = tmp_path / "b16.pth"
+    torch.save(model.state_dict(), weights)  # the Table 1 model of its shapes: vit_ti_16 with 8 px patches, 2 layers
     for args, pretrained in (([weights, image], str(weights)), ([image], True), ([tmp_path / "photos"], True),
                              ([tmp_path / "photos" / "*.png"], True)):
         built.clear()
         result = predict_here(capsys, "--pretrained", *args, "--json", "--no-figures", "--save", tmp_path / "out")
         assert result.returncode == 0, result.stderr
-        assert built == [(("vit_b_16",), {"pretrained": pretrained})]
+        assert built == ([(("vit_b_16",), {"pretrained": True})] if pretrained is True else
+                         [(("vit_ti_16",), {"pretrained": pretrained, "patch_size": 8, "num_layers": 2})])
         line = json.loads(result.stdout)
         assert line["image"] == str(image) and line["predictions"][0]["class"] in model.classes
         assert line["model"] == (str(weights) if pretrained is not True else "vit_b_16 (torchvision ImageNet weights)")
+
+
+def test_pretrained_path_takes_a_checkpoint_and_names_a_state_dict_without_classes(ckpt, tmp_path, capsys):
+    image = write_image(tmp_path / "fish.png", 5)
+    by_model, by_pretrained = (predict_here(capsys, flag, ckpt[0], image, "--json", "--no-figures")
+                               for flag in ("--model", "--pretrained"))
+    assert by_pretrained.returncode == 0, by_pretrained.stderr
+    assert json.loads(by_pretrained.stdout)["predictions"] == json.loads(by_model.stdout)["predictions"]
+    hybrid = build_model("vit_ti_16", num_classes=3, image_size=32, patch_size=8, num_layers=1, stem="conv")
+    torch.save(hybrid.state_dict(), tmp_path / "hybrid.pth")  # its 1x1 projection once made the image size 4
+    result = predict_here(capsys, "--pretrained", tmp_path / "hybrid.pth", image, "--no-figures")
+    assert_clean_failure(result)
+    assert result.stderr == (f"error: {tmp_path / 'hybrid.pth'}: holds no class names; use a checkpoint written by "
+                             "train.py (--model) or torchvision's ImageNet vit_b_16 weights (--pretrained [PATH])\n")
+
+
+def test_an_image_named_twice_is_predicted_once(ckpt, tmp_path, capsys):
+    images = [write_image(tmp_path / "photos" / f"img{i}.png", i) for i in range(2)]
+    out = tmp_path / "out"
+    result = predict_here(capsys, "--model", ckpt[0], tmp_path / "photos", tmp_path / "photos" / "*.png", images[0],
+                          "--json", "--save", out)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == list(map(str, images))
+    assert sorted(os.listdir(out)) == ["img0.png", "img1.png", "predictions.csv"]
+    assert f"saved 2 figures in {out}/" in result.stderr
 
 
 def test_pretrained_path_that_is_missing_is_one_line(tmp_path, capsys):

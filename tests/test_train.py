@@ -279,6 +279,17 @@ def test_pretrained_torchvision_file_builds_the_table_1_model_of_its_shapes(data
     assert (config["num_layers"], config["patch_size"], config["hidden_dim"]) == (2, 16, 192)
 
 
+def test_pretrained_state_dict_of_a_hybrid_builds_its_model(dataset, tmp_path, capsys):
+    hybrid = build_model("vit_ti_16", num_classes=5, image_size=16, patch_size=4, num_layers=1, stem="conv")
+    torch.save(hybrid.state_dict(), tmp_path / "hybrid.pth")  # no flags: the conv stem's 4 px patches from its shapes
+    train.main(["--data", str(dataset), "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"),
+                "--device", "cpu", "--pretrained", str(tmp_path / "hybrid.pth"), "--freeze", "--epochs", "1",
+                "--name", "hybrid"])
+    assert "model: vit_ti_16 16px patch 4, " in capsys.readouterr().out
+    config = load_checkpoint(tmp_path / "models" / "hybrid.pt")["model"]["config"]
+    assert (config["num_layers"], config["patch_size"], config["stem"]) == (1, 4, "conv")
+
+
 def test_pretrained_full_finetune_starts_from_the_weights(dataset, tmp_path):
     torch.manual_seed(2)
     source = build_model("vit_ti_16", num_classes=5, image_size=16, patch_size=4, num_layers=2)

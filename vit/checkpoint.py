@@ -10,8 +10,8 @@ import torch
 
 from vit.errors import UserError
 from vit.files import replace_atomically
-from vit.model import CONFIGS, SHAPE_FLAGS, VisionTransformer
-from vit.weights import CHECKPOINT_FORMAT, depth, from_torchvision, is_checkpoint, safe_load, table1_name
+from vit.model import SHAPE_FLAGS, VisionTransformer
+from vit.weights import CHECKPOINT_FORMAT, from_torchvision, is_checkpoint, safe_load, table1_flags
 
 
 def save_checkpoint(obj, path):
@@ -143,15 +143,6 @@ def model_flags(path):
     return {"model": model["name"], **flags}
 
 
-def table1_flags(state):
-    """{"model": NAME} of the Table 1 model with a state dict's patch size and widths (and num_layers where its depth
-    differs from the name's), or {} when none has them."""
-    name = table1_name(state)
-    if name is None:
-        return {}
-    return {"model": name, **({"num_layers": depth(state)} if depth(state) != CONFIGS[name][1] else {})}
-
-
 def model_checkpoint(model):
     """The part of a checkpoint that model_from_checkpoint rebuilds the model from (train.py adds its state)."""
     return {"format": CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
@@ -211,7 +202,10 @@ def resumed_args(ckpt, args, keep, given=()):
 
 
 def model_from_checkpoint(ckpt):
-    """Rebuild the model from the checkpoint's configuration and load its weights strictly."""
+    """Rebuild the model from a checkpoint (as load_checkpoint returns it, or its path) and load its weights
+    strictly."""
+    if isinstance(ckpt, (str, os.PathLike)):
+        ckpt = load_checkpoint(ckpt)
     try:
         model = VisionTransformer(**ckpt["model"]["config"])
         model.load_state_dict(ckpt["state_dict"])

@@ -41,11 +41,11 @@ def plot_runs(runs, path):
     ax_acc, ax_loss = fig.subplots(1, 2)
     for i, (name, records) in enumerate(runs):
         colour = f"C{i % 10}"
-        epochs = [r["epoch"] for r in records]
+        epochs, dot = [r["epoch"] for r in records], "o" if len(records) == 1 else None  # one epoch: no line to see
         for ax, key in ((ax_acc, "acc"), (ax_loss, "loss")):
-            ax.plot(epochs, [r[f"test_{key}"] for r in records], color=colour, label=f"{name} test")
+            ax.plot(epochs, [r[f"test_{key}"] for r in records], color=colour, marker=dot, label=f"{name} test")
             ax.plot(epochs, [r[f"train_{key}"] for r in records], color=colour, alpha=0.45, linestyle="--",
-                    label=f"{name} train")
+                    marker=dot, label=f"{name} train")
     for ax, label in ((ax_acc, "accuracy"), (ax_loss, "loss")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)

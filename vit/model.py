@@ -42,11 +42,18 @@ class PatchEmbedding(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x):
-        if x.ndim != 4 or x.shape[1:] != (3, self.image_size, self.image_size):
-            fix = ("give a batch of RGB images" if x.ndim != 4 or x.shape[1] != 3 else
-                   f"resize the images or build the model with image_size={x.shape[-1]}")
-            raise ValueError(f"expected images of shape (batch, 3, {self.image_size}, {self.image_size}), "
-                             f"got {tuple(x.shape)}; {fix}")
+        s = self.image_size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            if x.ndim != 4 or x.shape[1] != 3:
+                fix = "give a batch of RGB images"
+            elif x.shape[-1] == x.shape[-2]:
+                fix = f"resize the images or build the model with image_size={x.shape[-1]}"
+            else:
+                fix = f"resize and crop them to {s} x {s} px, e.g. with vit.data.eval_transform(model.preprocess)"
+            raise ValueError(f"expected images of shape (batch, 3, {s}, {s}), got {tuple(x.shape)}; {fix}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected float images, got {x.dtype}; scale and normalise them as "
+                             "vit.data.eval_transform(model.preprocess) does")
         x = self.stem(x)
         if self.proj.kernel_size == (1, 1):  # the hybrid: E on each position of the CNN's feature map
             x = self.proj(x).flatten(2).transpose(1, 2)

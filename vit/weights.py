@@ -50,8 +50,7 @@ class Pretrained:
     def image_size(self):
         if self.preprocess:  # the size the weights were trained at
             return self.preprocess["crop_size"]
-        patch = self.state_dict["embed.proj.weight"].shape[-1]
-        return patch * math.isqrt(self.state_dict["embed.pos_embed"].shape[1] - 1)
+        return patch_and_stem(self.state_dict)[0] * math.isqrt(self.state_dict["embed.pos_embed"].shape[1] - 1)
 
 
 def safe_load(path, mmap=False):
@@ -176,37 +175,52 @@ def depth(state):
     return len({k.split(".")[1] for k in state if k.startswith("blocks.")})
 
 
+def patch_and_stem(state):
+    """(patch size, stem) of a state dict in this project's names: "conv" with 2**k px patches after the k stride-2
+    convolutions of Sec. 3.1's hybrid (its projection is 1x1), else "patch" with the projection's kernel size."""
+    convs = sum(k.startswith("embed.stem.") and getattr(v, "ndim", 0) == 4 for k, v in state.items())
+    return (2**convs, "conv") if convs else (state["embed.proj.weight"].shape[-1], "patch")
+
+
 def table1_name(state):
-    """The Table 1 model whose patch size, width and MLP size a state dict (this project's names) has, or None."""
+    """The Table 1 model with a state dict's (this project's names) width and MLP size, the one with its patch size
+    if there are two (vit_b_16, vit_b_32), or None."""
     keys = ("embed.proj.weight", "blocks.0.mlp.fc1.weight")
     if not isinstance(state, dict) or not all(isinstance(state.get(k), torch.Tensor) for k in keys):
         return None
-    proj, fc1 = (state[k] for k in keys)
-    return next((name for name, (patch, _, _, hidden, mlp) in CONFIGS.items()
-                 if (patch, hidden, mlp) == (proj.shape[-1], proj.shape[0], fc1.shape[0])), None)
+    widths, patch = (state[keys[0]].shape[0], state[keys[1]].shape[0]), patch_and_stem(state)[0]
+    names = [name for name, (_, _, _, hidden, mlp) in CONFIGS.items() if (hidden, mlp) == widths]
+    return min(names, key=lambda name: CONFIGS[name][0] != patch, default=None)
+
+
+def table1_flags(state):
+    """build_model's arguments for a state dict (this project's names): {"model": its table1_name} plus patch_size,
+    num_layers where they differ from the name's and stem="conv" for the hybrid; {} when no Table 1 model fits."""
+    name = table1_name(state)
+    if name is None:
+        return {}
+    (patch, stem), (own_patch, own_depth, *_) = patch_and_stem(state), CONFIGS[name]
+    default = {"patch_size": own_patch, "num_layers": own_depth, "stem": "patch"}
+    return {"model": name, **{k: v for k, v in zip(default, (patch, depth(state), stem)) if v != default[k]}}
 
 
 def _what_fits(state, own):
     """What to change so that a model has the shapes of the weights `state` (own: the model's state dict)."""
-    def stem(d):
-        return any(k.startswith("embed.stem.") for k in d)
-
-    def patch(d):
-        return d["embed.proj.weight"].shape[-1] if "embed.proj.weight" in d else None
-
-    def width(d):
-        return d["embed.cls_token"].shape[-1] if "embed.cls_token" in d else None
-
-    if stem(own) and not stem(state):
-        return "they are for the plain patch embedding: build the model with stem='patch' (--stem patch)"
-    if width(own) != width(state) and width(state):
-        name = table1_name(state)
-        return f"they are {width(state)} wide: " + (f"build {name} (--model {name})" if name else
-                                                   f"build the model with hidden_dim={width(state)}")
+    (patch, stem), (own_patch, own_stem) = patch_and_stem(state), patch_and_stem(own)
+    if own_stem != stem:
+        return (f"they are for the {'conv stem' if stem == 'conv' else 'plain patch embedding'}: build the model "
+                f"with stem={stem!r} (--stem {stem})")
+    width, flags = state["embed.proj.weight"].shape[0], table1_flags(state)
+    if width != own["embed.proj.weight"].shape[0]:
+        if not flags:
+            return f"they are {width} wide: build the model with hidden_dim={width}"
+        python = ", ".join(f"{k}={v!r}" for k, v in flags.items() if k != "model")
+        command = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
+        return f"they are {width} wide: build {flags['model']}{' with ' + python if python else ''} ({command})"
     if depth(own) != depth(state):
         return f"they have {depth(state)} layers: build the model with num_layers={depth(state)} (--num-layers)"
-    if patch(own) != patch(state) and patch(state):
-        return f"their patches are {patch(state)} px: build the model with patch_size={patch(state)} (--patch-size)"
+    if patch != own_patch:
+        return f"their patches are {patch} px: build the model with patch_size={patch} (--patch-size)"
     return "build the model these weights are for (--model NAME, or the flags its run was trained with)"
 
 
