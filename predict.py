@@ -31,7 +31,7 @@ from tqdm import tqdm
 from vit import build_model
 from vit.checkpoint import model_flags, model_from_checkpoint
 from vit.data import (class_folders, decode_many, eval_images, eval_normalise, eval_transform, is_image, list_files,
-                      load_split)
+                      load_split, non_image_note, split_folder)
 from vit.device import pick_device
 from vit.errors import UserError, bounded
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure
@@ -105,12 +105,14 @@ def expand(inputs):
     non-image files they hold are counted on stderr."""
     paths, failures, listing = [], [], False
     for arg in inputs:
-        if is_listing(arg):
+        if "://" in arg or arg == "-":
+            failures.append(f"{arg}: {'a URL' if arg != '-' else 'standard input'} is not read here; save the image "
+                            "to a file and pass its path")
+        elif is_listing(arg):
             listing = True
             files = list_files(arg) if Path(arg).is_dir() else sorted(map(Path, glob.glob(arg, recursive=True)))
-            files = [p for p in files if p.is_file()]
-            found = [p for p in files if is_image(p)]
-            skipped = f"skipped {len(files) - len(found)} non-image file(s)" if len(found) < len(files) else ""
+            files = [p for p in files if not p.is_dir()]  # a link to a missing file is named as missing
+            found, skipped = [p for p in files if is_image(p)], non_image_note(files)
             if not found:
                 failures.append(f"{arg}: no image files found{f' ({skipped})' if skipped else ''}; "
                                 "check the folder or pattern")
@@ -206,7 +208,7 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=
     """Accuracy, per-class metrics and confusion matrix on a labelled folder; printed (a table, or with as_json
     the JSON object evaluation.json holds, on one line) and saved in out_dir."""
     root = Path(root)
-    split = next((root / s for s in ("test", "val") if (root / s).is_dir()), root)
+    split = split_folder(root, "test", "val") or root
     if not split.is_dir():
         raise UserError(f"{root}: no such folder; pass ROOT/<class>/<images> or a root holding test/")
     folders = class_folders(split)
@@ -218,7 +220,7 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=
                         f"({', '.join(model.classes[:10])}); pass a folder with one sub-folder per class")
     decoded = load_split(split, folders, model.preprocess["resize_size"])
     if decoded.non_images:
-        print(f"skipped {decoded.non_images} non-image file(s) in {split}", file=sys.stderr)
+        print(f"{decoded.non_images} in {split}", file=sys.stderr)
     for path, reason in decoded.skipped:
         failures.append(f"{path}: {reason}")
         print(f"error: {path}: {reason}", file=sys.stderr)

@@ -245,8 +245,8 @@ def train(args):
                    for split, d in (("train", splits.train_dir), ("test", splits.test_dir))}
     pre = model.preprocess
     for (split, dec), folder in zip(decoded.items(), (splits.train_dir, splits.test_dir)):
-        skipped = f"; skipped {dec.non_images} non-image file(s)" if dec.non_images else ""
-        log(f"data: {split}: {len(dec.images)} images in {len(splits.classes)} classes from {folder}{skipped}")
+        notes = "".join(f"; {note}" for note in ("read from the cache" if dec.cached else "", dec.non_images) if note)
+        log(f"data: {split}: {len(dec.images)} images in {len(splits.classes)} classes from {folder}{notes}")
         for path, reason in dec.skipped:
             log(f"  skipped unreadable image {path}: {reason}")
     train_set = data.ImageDataset(decoded["train"], data.train_transform(model.image_size, pre["mean"], pre["std"],
@@ -266,9 +266,12 @@ def train(args):
     workers = 0 if args.freeze else args.workers
     generator, sampler = torch.Generator(), None
     on_device = not args.freeze and (args.augment == "device" or args.augment == "auto" and device.type == "cuda")
-    if on_device and args.augment == "auto" and not augment.fits(decoded["train"], device):
+    why = on_device and augment.too_large(decoded["train"], device)
+    if why and args.augment == "device":
+        raise UserError(f"--augment device: {why}; crop or remove those images, or use --augment workers")
+    if why:
         on_device = False
-        log("augment: the padded training images would fill over 1/4 of the free GPU memory; per image instead")
+        log(f"augment: {why}; per image instead")
     if on_device:  # decoded images stay on the device; whole batches are augmented there
         batch_augment = augment.BatchAugment(model.image_size, pre["mean"], pre["std"],
                                              trivial_augment=args.trivial_augment).to(device)

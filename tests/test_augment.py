@@ -6,8 +6,9 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+import vit.augment
 from vit.augment import (OPS, SPACE, BatchAugment, DeviceImages, DeviceLoader, apply_ops, crop_boxes, magnitudes,
-                         padded_bytes)
+                         padded_bytes, too_large)
 from vit.data import Decoded, train_transform
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -228,6 +229,16 @@ def decoded(n):
     """n tiny images of varying sizes, labelled with their own index."""
     images = [noise(3, 6 + i % 3, 6 + i % 4, seed=i) for i in range(n)]
     return Decoded(images, list(range(n)), [f"{i}.png" for i in range(n)])
+
+
+def test_a_panorama_that_pads_every_image_past_the_memory_is_named(monkeypatch):
+    d = decoded(7)
+    d.images.append(torch.zeros(3, 6, 600, dtype=torch.uint8))  # a panorama: every image padded to 600 px wide
+    d.paths.append("pano.png")
+    monkeypatch.setattr(vit.augment, "physical_memory", lambda: 4 * 8 * 3 * 8 * 9)  # the 7 alone take a quarter
+    assert too_large(decoded(7), "cpu") is None
+    assert too_large(d, "cpu") == ("the training images padded to 8 x 600 px (by 2.png and pano.png) would take "
+                                   "0 MiB, over 25% of this machine's memory")
 
 
 def test_device_images_pad_and_gather():

@@ -3,6 +3,8 @@ import functools
 import io
 import os
 import re
+import subprocess
+import sys
 import threading
 import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +44,18 @@ def test_find_splits_valid_tree_and_val_alias(tmp_path):
     splits = data.find_splits(make_tree(tmp_path / "ds", classes=("b", "a", "C"), test="val"))
     assert splits.classes == ["C", "a", "b"]  # sorted like ImageFolder
     assert splits.train_dir == tmp_path / "ds" / "train" and splits.test_dir == tmp_path / "ds" / "val"
+
+
+def test_find_splits_takes_capitalised_splits_and_names_loose_images(tmp_path, capsys):
+    make_tree(tmp_path, classes=("a", "b"))
+    os.rename(tmp_path / "train", tmp_path / "Train")  # as made on macOS or Windows, whose names ignore case
+    os.rename(tmp_path / "test", tmp_path / "TEST")
+    write_image(tmp_path / "Train" / "stray.png")
+    write_image(tmp_path / "Train" / "stray2.png")
+    splits = data.find_splits(tmp_path)
+    assert (splits.train_dir, splits.test_dir, splits.classes) == (tmp_path / "Train", tmp_path / "TEST", ["a", "b"])
+    assert capsys.readouterr().err == (f"warning: {tmp_path / 'Train'}: 2 image(s) outside the class folders are not "
+                                       "used (stray.png, ...); move them into their class's folder\n")
 
 
 def test_find_splits_missing_root(tmp_path):
@@ -102,6 +116,11 @@ def test_find_splits_class_mismatch_names_both_sides(tmp_path):
     write_image(tmp_path / "test" / "only_test" / "0.png")
     with pytest.raises(UserError, match=r"missing in test/: only_train; missing in train/: only_test"):
         data.find_splits(tmp_path)
+    for split, name in (("train", "caf\u00e9"), ("test", "cafe\u0301"), ("train", "steak ")):  # invisible differences
+        write_image(tmp_path / split / name / "0.png")
+    with pytest.raises(UserError, match=re.escape("(missing in test/: 'caf\\xe9', only_train, 'steak '; missing in "
+                                                  "train/: 'cafe\\u0301', only_test)")):
+        data.find_splits(tmp_path)
 
 
 def test_find_splits_empty_class_folder(tmp_path):
@@ -134,15 +153,21 @@ def test_load_split_skips_non_images_and_corrupt_images(tmp_path):
     make_tree(tmp_path, classes=("a", "b"), per_class=2)
     (tmp_path / "train" / "a" / "readme.txt").write_text("hello")
     (tmp_path / "train" / "a" / ".DS_Store").write_bytes(b"\0\1")
+    (tmp_path / "train" / "a" / "._0.png").write_bytes(b"\0\5\26\7Mac OS X")  # macOS's AppleDouble file: hidden
+    write_image(tmp_path / "train" / "a" / "photo.jfif", size=(8, 8))  # Pillow reads it, ImageFolder skips it: so do we
     (tmp_path / "train" / "b" / "garbage.jpg").write_bytes(b"this is not a jpeg")
     good = io.BytesIO()
     Image.new("RGB", (64, 64), (1, 2, 3)).save(good, format="PNG", compress_level=0)
     (tmp_path / "train" / "b" / "truncated.png").write_bytes(good.getvalue()[:2000])
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.replace(tmp_path / "gone.png", tmp_path / "train" / "b" / "gone.png")  # a link to a file that is gone
     decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)
-    assert decoded.non_images == 2
+    assert decoded.non_images == "skipped 4 non-image file(s): hidden 2, .jfif 1, .txt 1"
     assert len(decoded.images) == len(decoded.labels) == len(decoded.paths) == 4
-    assert sorted(Path(p).name for p, _ in decoded.skipped) == ["garbage.jpg", "truncated.png"]
-    assert all(reason and "cannot read image" in reason for _, reason in decoded.skipped)
+    assert sorted(Path(p).name for p, _ in decoded.skipped) == ["garbage.jpg", "gone.png", "truncated.png"]
+    reasons = {Path(p).name: reason for p, reason in decoded.skipped}
+    assert "cannot read image" in reasons["garbage.jpg"] and "cannot read image" in reasons["truncated.png"]
+    assert reasons["gone.png"] == "no such file; check the path"
     assert decoded.labels == [0, 0, 1, 1]
 
 
@@ -203,12 +228,18 @@ def test_open_rgb_palette_with_transparency(tmp_path):
     assert rgb.getpixel((0, 0)) == (255, 255, 255) and rgb.getpixel((1, 1)) == (10, 200, 30)
 
 
-def test_decompression_bomb_refused(tmp_path, monkeypatch):
+def test_decompression_bomb_refused_and_one_below_it_named(tmp_path, monkeypatch):
     path = write_image(tmp_path / "big.png", size=(64, 64))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(UserError, match=r"big\.png: refused as a possible decompression bomb \(Image size "
                                          r"\(4096 pixels\) exceeds limit of 200 pixels, .*\); if you trust the file"):
         data.open_rgb(path)
+    code = ("from PIL import Image; import vit.data; Image.MAX_IMAGE_PIXELS = 3000; "  # between once and twice: decoded
+            f"print(vit.data.open_rgb({str(path)!r}).size)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout == "(64, 64)\n"  # and only our line, not Pillow's warning, which names no file
+    assert result.stderr == (f"warning: {path}: 64 x 64 px, over Pillow's limit of 3000 pixels for images it trusts; "
+                             "decoded (refused from twice that), but resizing it would save time\n")
 
 
 def test_load_split_resizes_shorter_side_keeping_aspect(tmp_path):
@@ -223,6 +254,7 @@ def test_load_split_resizes_shorter_side_keeping_aspect(tmp_path):
 def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=2)
     split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(split / "a" / "0.png", format="BMP")  # its size never changes
     first = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
     assert len(list(cache.glob("*.pt"))) == 2  # the index and one part of images
 
@@ -232,15 +264,21 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(data, "decode", no_decode)
         second = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
-    assert second.labels == first.labels and second.paths == first.paths
+    assert second.labels == first.labels and second.paths == first.paths and second.cached and not first.cached
     assert all(torch.equal(x, y) for x, y in zip(first.images, second.images))
+    moved = data.load_split(tmp_path / "ds" / ".." / "ds" / "train", ["a", "b"], size=8, cache_dir=cache)
+    assert moved.cached and moved.paths == [str(tmp_path / "ds" / ".." / "ds" / "train" / p) for p in
+                                            ("a/0.png", "a/1.png", "b/0.png", "b/1.png")]  # as this call names them
 
-    changed = split / "a" / "0.png"
-    write_image(changed, color=(0, 255, 0))
-    os.utime(changed, ns=(1, 1))
+    changed, before = split / "a" / "0.png", (split / "a" / "0.png").stat()
+    Image.new("RGB", (8, 6), (0, 255, 0)).save(tmp_path / "new.png", format="BMP")  # the same size and times, as
+    # cp -p or rsync -a copies a file
+    os.utime(tmp_path / "new.png", ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(tmp_path / "new.png", changed)
+    assert changed.stat().st_size == before.st_size and changed.stat().st_mtime_ns == before.st_mtime_ns
     third = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
-    assert third.images[0][:, 0, 0].tolist() == [0, 255, 0]
-    assert len(list(cache.glob("*.pt"))) == 4
+    assert third.images[0][:, 0, 0].tolist() == [0, 255, 0] and not third.cached
+    assert len(list(cache.glob("*.pt"))) == 2  # the earlier contents' cache is gone
 
 
 def mapped_files():
@@ -257,7 +295,7 @@ def test_cached_images_are_memory_mapped_in_parts(tmp_path, monkeypatch):
     plain = data.load_split(split, ["a", "b"], size=8)
     monkeypatch.setattr(data, "PART_BYTES", 2 * 3 * 8 * 8 * 4 // 3)  # two images per part
     decoded = [data.load_split(split, ["a", "b"], size=8, cache_dir=cache) for _ in range(2)]  # decoded, then read
-    parts = sorted(str(p) for p in cache.glob("*-*.pt"))
+    parts = sorted(str(p) for p in cache.glob("*-*-*.pt"))
     assert len(parts) == 3 and set(parts) <= mapped_files()
     for d in decoded:
         assert d.paths == plain.paths and d.labels == plain.labels
@@ -443,9 +481,12 @@ def test_download_not_a_zip(tmp_path):
         data.download((tmp_path / "page.zip").as_uri(), tmp_path / "data" / "x")
 
 
-def test_resolve_data_paths_and_unknown_names(tmp_path):
+def test_resolve_data_paths_and_unknown_names(tmp_path, monkeypatch):
     assert data.resolve_data(None) == REPO / "data" / "fashion_mnist_small"
     assert data.resolve_data(str(tmp_path)) == tmp_path
+    make_tree(tmp_path / "pizza_steak_sushi")  # a folder of a known name here: it, not a download
+    monkeypatch.chdir(tmp_path)
+    assert data.resolve_data("pizza_steak_sushi") == Path("pizza_steak_sushi")
     with pytest.raises(UserError, match=r"no_such_set: no such folder and not a known dataset name.*pizza_steak_sushi"):
         data.resolve_data("no_such_set")
 

@@ -299,6 +299,8 @@ def test_conv_stem_hybrid_builds_saves_and_refuses_patch_weights(tmp_path):
     with pytest.raises(UserError, match=r"missing: embed.stem.*; they are for the plain patch embedding: build the "
                                         r"model with stem='patch' \(--stem patch\)$"):
         build_model("vit_b_16", pretrained=path, stem="conv", **SMALL)
+    with pytest.raises(ValueError, match="image_size 16 is one patch of 16 px; the conv stem needs at least 2 x 2"):
+        build_model("vit_ti_16", image_size=16, stem="conv")  # batch norm of a 1 x 1 map fails on one image
     with pytest.raises(ValueError, match="power-of-two patch_size"):
         build_model("vit_ti_16", image_size=36, patch_size=12, stem="conv")
 

@@ -217,13 +217,26 @@ def test_non_image_files_in_a_folder_are_counted_on_stderr(ckpt, tmp_path, capsy
                           "--save", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert sorted(json.loads(line)["image"] for line in result.stdout.splitlines()) == sorted(map(str, images))
-    assert result.stderr.splitlines()[0] == f"skipped 2 non-image file(s) in {tmp_path / 'photos'}"
+    assert result.stderr.splitlines()[0] == f"skipped 2 non-image file(s): .gif 1, .txt 1 in {tmp_path / 'photos'}"
     for image in images:
         image.unlink()
     result = predict_here(capsys, "--model", ckpt[0], tmp_path / "photos", "--save", tmp_path / "out")
     assert_clean_failure(result)  # nothing to predict: still an error, which says what it skipped
-    assert result.stderr == f"error: {tmp_path / 'photos'}: no image files found (skipped 2 non-image file(s)); " \
-        "check the folder or pattern\n"
+    assert result.stderr == f"error: {tmp_path / 'photos'}: no image files found (skipped 2 non-image file(s): " \
+        ".gif 1, .txt 1); check the folder or pattern\n"
+
+
+def test_urls_standard_input_and_links_to_nothing_are_named(ckpt, tmp_path, capsys):
+    image = write_image(tmp_path / "photos" / "0.png", 0)
+    (tmp_path / "photos" / "1.png").symlink_to(tmp_path / "gone.png")  # a link whose photo was deleted
+    result = predict_here(capsys, "--model", ckpt[0], tmp_path / "photos", "http://example.com/x.jpg", "-",
+                          "--json", "--no-figures")
+    assert_clean_failure(result)
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(image)]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: http://example.com/x.jpg: a URL is not read here; save the image to a file and pass "
+                      "its path", "error: -: standard input is not read here; save the image to a file and pass its "
+                      "path", f"error: {tmp_path / 'photos' / '1.png'}: no such file; check the path"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

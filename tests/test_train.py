@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
 
 import train
-from vit import data
+from vit import augment, data
 from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from vit.device import mixed_precision
 from vit.distributed import log
@@ -460,6 +460,15 @@ def test_batches_augmented_on_the_device_and_bf16_on_the_cpu_learn_too(extra, sa
     metrics, per_image_fp32 = read_metrics(tmp_path, "other"), read_metrics(reference[0], "ref")
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert metrics[-1]["test_acc"] >= 0.9 and metrics[-1]["train_loss"] != per_image_fp32[-1]["train_loss"]
+
+
+def test_augment_device_that_would_not_fit_names_the_images_padding_it(dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(augment, "physical_memory", lambda: 1000)  # 1 kB: nothing fits
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(dataset, tmp_path, "--augment", "device", "--name", "big"))
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and error.startswith("error: --augment device: the training images padded to ")
+    assert error.endswith("over 25% of this machine's memory; crop or remove those images, or use --augment workers")
 
 
 def test_precision_picks_the_autocast_dtype():

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
+from vit.data import physical_memory
+
 SPACE = {  # op: (magnitude of the first bin, of the last bin, signed), torchvision's TrivialAugmentWide
     "Identity": (0.0, 0.0, False), "ShearX": (0.0, 0.99, True), "ShearY": (0.0, 0.99, True),
     "TranslateX": (0.0, 32.0, True), "TranslateY": (0.0, 32.0, True), "Rotate": (0.0, 135.0, True),
@@ -230,10 +232,19 @@ def padded_bytes(decoded):
     return len(decoded.images) * 3 * hmax * wmax
 
 
-def fits(decoded, device, share=0.25):
-    """Whether DeviceImages of `decoded` takes at most `share` of the device's free memory (always, off CUDA)."""
+def too_large(decoded, device, share=0.25):
+    """Why DeviceImages of `decoded` would not fit in `share` of the device's free memory (of the machine's memory
+    off CUDA), naming the images that set the padding (a panorama pads every photo to its length); or None."""
     device = torch.device(device)
-    return device.type != "cuda" or padded_bytes(decoded) <= share * torch.cuda.mem_get_info(device)[0]
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else physical_memory()
+    if free is None or padded_bytes(decoded) <= share * free:
+        return None
+    tallest, widest = (max(range(len(decoded.images)), key=lambda i: decoded.images[i].shape[axis])
+                       for axis in (-2, -1))
+    h, w = decoded.images[tallest].shape[-2], decoded.images[widest].shape[-1]
+    return (f"the training images padded to {h} x {w} px (by {decoded.paths[tallest]} and {decoded.paths[widest]}) "
+            f"would take {padded_bytes(decoded) / 2**20:,.0f} MiB, over {share:.0%} of "
+            + ("the GPU's free memory" if device.type == "cuda" else "this machine's memory"))
 
 
 class DeviceImages:

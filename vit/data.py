@@ -11,7 +11,9 @@ import shutil
 import sys
 import tempfile
 import urllib.request
+import warnings
 import zipfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -31,19 +33,22 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # bundled data and d
 DATASETS = {  # names accepted by --data that are downloaded once into data/<name>
     "pizza_steak_sushi": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi.zip",
 }
-CACHE_VERSION = 2  # bump when decoding or the cache's layout changes, so old caches are not reused
+CACHE_VERSION = 3  # bump when decoding or the cache's layout changes, so old caches are not reused
 UNCACHED = "; the images will be decoded again next time (or choose --cache-dir)"
 PART_BYTES = 2**28  # decoded images per cache part (256 MiB): what decoding holds in memory at once with a cache
 NO_IMAGES = f"no images ({' '.join(IMG_EXTENSIONS)}); add images or remove the class folder"
 THREADS = min(8, os.cpu_count() or 1)  # decoding threads: Pillow decodes and resizes without holding the GIL
+# Pillow's warning for images of 1-2 times its pixel limit names no file: open_rgb says it, naming the file (a filter
+# set once here: warnings.catch_warnings around each decode is not thread-safe)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def dataset_folder(arg, data_dir=DATA_DIR):
     """Where --data points, nothing checked or downloaded: None -> the bundled set, a known name -> its folder
-    under data_dir, else the path."""
+    under data_dir (unless a folder of that name is here), else the path."""
     if arg is None:
         return Path(data_dir) / "fashion_mnist_small"
-    return Path(data_dir) / arg if arg in DATASETS else Path(arg)
+    return Path(data_dir) / arg if arg in DATASETS and not Path(arg).is_dir() else Path(arg)
 
 
 def resolve_data(arg, data_dir=DATA_DIR):
@@ -90,14 +95,31 @@ class Splits(NamedTuple):
 
 
 def is_image(path):
-    """True when the file name has one of torchvision's image extensions."""
-    return path.suffix.lower() in IMG_EXTENSIONS
+    """True when the file name has one of torchvision's image extensions and is not hidden (macOS's ._x.jpg)."""
+    return path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
+
+
+def non_image_note(paths):
+    """'skipped N non-image file(s): .gif 2, hidden 1' for those of paths that is_image refuses, or ''."""
+    kinds = Counter("hidden" if p.name.startswith(".") else p.suffix.lower() or "no extension"
+                    for p in paths if not is_image(p))
+    listed = ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items(), key=lambda kind_n: (-kind_n[1], kind_n[0])))
+    return f"skipped {sum(kinds.values())} non-image file(s): {listed}" if kinds else ""
 
 
 def list_files(folder):
-    """All files under folder (recursively, into linked folders too, like ImageFolder), sorted."""
+    """All files under folder (recursively, into linked folders too, like ImageFolder), sorted; a link to a file
+    that is gone too, so that it is named as missing rather than left out."""
     walk = os.walk(folder, followlinks=True)
-    return sorted(p for root, _, names in walk for p in (Path(root, name) for name in names) if p.is_file())
+    return sorted(p for root, _, names in walk for p in (Path(root, name) for name in names)
+                  if p.is_file() or p.is_symlink())
+
+
+def split_folder(root, *names):
+    """The sub-folder of root with the first of names it has, in any case (Train/ too), or None."""
+    root = Path(root)
+    folders = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir()} if root.is_dir() else {}
+    return next((folders[name] for name in names if name in folders), None)
 
 
 def class_folders(split_dir):
@@ -113,24 +135,23 @@ def find_splits(root):
         raise UserError(f"{root}: no such folder; pass --data with a folder containing train/ and test/")
     if not root.is_dir():
         raise UserError(f"{root}: not a folder; {layout}")
-    train_dir = root / "train"
-    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
-    if not train_dir.is_dir():
-        if root.name in ("train", "test", "val") and (root.parent / "train").is_dir():
+    train_dir, test_dir = split_folder(root, "train"), split_folder(root, "test", "val")
+    if train_dir is None:
+        if root.name.lower() in ("train", "test", "val") and split_folder(root.parent, "train"):
             raise UserError(f"{root}: one split of a dataset, not its root; pass the folder above it ({root.parent})")
-        flat = [name for name in class_folders(root) if name not in ("test", "val")]
+        flat = [name for name in class_folders(root) if name.lower() not in ("test", "val")]
         if len(flat) > 1 and any(is_image(p) for p in list_files(root / flat[0])):  # class folders, but no split
             named = ", ".join(flat[:3]) + (", ..." if len(flat) > 3 else "")
             raise UserError(f"{root}: class folders ({named}) but no train/ and test/; move about a fifth of each "
                             f"class's images to {root / 'test' / '<class>'} and the rest to "
                             f"{root / 'train' / '<class>'}")
-        raise UserError(f"{train_dir}: missing; {layout}")
-    if not test_dir.is_dir():
+        raise UserError(f"{root / 'train'}: missing; {layout}")
+    if test_dir is None:
         raise UserError(f"{root / 'test'}: missing (val/ is accepted too); {layout}")
     classes, test_classes = class_folders(train_dir), class_folders(test_dir)
     if classes != test_classes:
-        only_train = ", ".join(sorted(set(classes) - set(test_classes))) or "none"
-        only_test = ", ".join(sorted(set(test_classes) - set(classes))) or "none"
+        only_train = ", ".join(map(shown, sorted(set(classes) - set(test_classes)))) or "none"
+        only_test = ", ".join(map(shown, sorted(set(test_classes) - set(classes)))) or "none"
         raise UserError(f"{root}: train/ and test/ have different class folders (missing in {test_dir.name}/: "
                         f"{only_train}; missing in train/: {only_test}); give both the same class folders")
     if not classes:
@@ -142,7 +163,17 @@ def find_splits(root):
         for name in classes:
             if not any(is_image(p) for p in list_files(split_dir / name)):
                 raise UserError(f"{split_dir / name}: {NO_IMAGES}")
+        loose = [p.name for p in sorted(split_dir.iterdir()) if is_image(p) and p.is_file()]
+        if loose:
+            print(f"warning: {split_dir}: {len(loose)} image(s) outside the class folders are not used ({loose[0]}"
+                  f"{', ...' if len(loose) > 1 else ''}); move them into their class's folder", file=sys.stderr)
     return Splits(train_dir, test_dir, classes)
+
+
+def shown(name):
+    """A folder name as messages show it: with escapes where it is not plain ASCII or has edge spaces, so that
+    names that differ only there (a trailing space; an accent composed or not) look different."""
+    return name if name.isascii() and name == name.strip() else ascii(name)
 
 
 def to_rgb(image):
@@ -167,6 +198,10 @@ def open_rgb(path):
     """Open an image file as an upright RGB PIL image; UserError naming the file when it cannot be read."""
     try:
         with Image.open(path) as image:
+            if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+                print(f"warning: {path}: {image.width} x {image.height} px, over Pillow's limit of "
+                      f"{Image.MAX_IMAGE_PIXELS} pixels for images it trusts; decoded (refused from twice that), "
+                      "but resizing it would save time", file=sys.stderr)
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as e:  # over twice Image.MAX_IMAGE_PIXELS (beyond once, Pillow warns)
@@ -185,7 +220,8 @@ class Decoded:
     labels: list  # class indices
     paths: list  # file paths as str
     skipped: list = field(default_factory=list)  # (path, reason) of images that could not be decoded
-    non_images: int = 0  # files skipped because their extension is not an image extension
+    non_images: str = ""  # non_image_note of the files that are not images, or ""
+    cached: bool = False  # read from the cache (not decoded by this call)
 
 
 def decode(path, size):
@@ -232,13 +268,13 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
     images = [(label, p) for label, p in files if is_image(p)]
     per_image = 3 * size * size * 4 // 3  # bytes of a decoded 4:3 photo
     cache = None
-    if cache_dir is not None:
-        stats = [(str(p.relative_to(split_dir)), p.stat().st_size, p.stat().st_mtime_ns) for _, p in files]
-        key = repr((CACHE_VERSION, str(split_dir.resolve()), list(classes), size, stats))
-        cache = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+    if cache_dir is not None:  # one cache per (folder, classes, size), named for the images' sizes, times and inodes
+        folder = repr((CACHE_VERSION, str(split_dir.resolve()), list(classes), size))
+        stats = [(str(p.relative_to(split_dir)), *file_signature(p)) for _, p in images]
+        cache = Path(cache_dir) / f"{digest(folder)}-{digest(repr((stats, len(files))))}.pt"
         if cache.exists():
             try:
-                return read_cache(cache)
+                return read_cache(cache, split_dir)
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError):
                 pass  # unreadable cache: decode again and overwrite it
     memory = physical_memory()
@@ -246,7 +282,7 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
         print(f"warning: {split_dir}: {len(images)} images take about {len(images) * per_image / 2**30:.1f} GiB once "
               f"decoded, all kept in memory (this machine has {memory / 2**30:.1f} GiB); if the run is killed, use "
               "fewer images or a smaller image size", file=sys.stderr)
-    out, parts = Decoded([], [], [], non_images=len(files) - len(images)), []
+    out, parts = Decoded([], [], [], non_images=non_image_note([p for _, p in files])), []
     step = max(1, PART_BYTES // per_image)
     for first in range(0, len(images), step):  # one part in memory at a time
         part = images[first:first + step]
@@ -273,11 +309,32 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
             raise UserError(f"{split_dir / name}: " + ("none of its images could be decoded; replace them or remove "
                                                        "the folder" if found else NO_IMAGES))
     if cache is not None:  # the index, written last: the cache is complete once it exists
+        relative = [str(Path(p).relative_to(split_dir)) for p in out.paths]  # the folder may be named otherwise later
+        skipped = [(str(Path(p).relative_to(split_dir)), why) for p, why in out.skipped]
         try:
-            save_checkpoint(dict(vars(out), images=parts), cache)  # images: the parts' file names
+            save_checkpoint(dict(vars(out), images=parts, paths=relative, skipped=skipped), cache)
         except UserError as e:
             print(f"warning: {e}{UNCACHED}", file=sys.stderr)
+        else:  # this folder's caches of earlier contents go (a mapped file stays readable until unmapped)
+            for old in cache.parent.glob(f"{cache.name.split('-')[0]}-*.pt"):
+                if not old.name.startswith(cache.stem):
+                    old.unlink(missing_ok=True)
     return out
+
+
+def digest(text):
+    """A short hex digest of a string, for cache file names."""
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def file_signature(path):
+    """What changes when a file's content does, without reading it: size, modification and change times, inode
+    (tools that copy a file's times, cp -p or rsync -a, cannot copy its change time); a link to nothing: its own."""
+    try:
+        st = path.stat()
+    except OSError:
+        st = path.lstat()
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def write_mapped(tensors, path):
@@ -290,14 +347,16 @@ def write_mapped(tensors, path):
         raise UserError(f"{path}: cannot memory-map it ({e})") from None
 
 
-def read_cache(index):
-    """The Decoded that load_split cached at `index`, its images memory-mapped from their parts."""
+def read_cache(index, split_dir):
+    """The Decoded that load_split cached at `index` for split_dir, its images memory-mapped from their parts."""
     saved = torch.load(index, weights_only=True)
     images = [image for part in saved.pop("images") for image in
               torch.load(Path(index).with_name(part), mmap=True, weights_only=True)]
     if len(images) != len(saved["labels"]):
         raise ValueError(f"{index}: parts do not match the index")
-    return Decoded(images, **saved)
+    saved["paths"] = [str(split_dir / p) for p in saved["paths"]]
+    saved["skipped"] = [(str(split_dir / p), why) for p, why in saved["skipped"]]
+    return Decoded(images, **dict(saved, cached=True))
 
 
 class ImageDataset(torch.utils.data.Dataset):

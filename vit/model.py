@@ -29,6 +29,9 @@ class PatchEmbedding(nn.Module):
             self.stem, channels = nn.Identity(), 3
             self.proj = nn.Conv2d(3, hidden_dim, kernel_size=patch_size, stride=patch_size)
         elif stem == "conv":  # Sec. 3.1's hybrid: E projects each 1 x 1 patch of a CNN feature map
+            if self.grid_size < 2:  # batch norm over a 1 x 1 map fails on a batch of one image (an epoch's last)
+                raise ValueError(f"image_size {image_size} is one patch of {patch_size} px; the conv stem needs at "
+                                 "least 2 x 2: use a smaller patch_size")
             self.stem = ConvStem(patch_size, hidden_dim)
             channels = self.stem.channels
             self.proj = nn.Conv2d(channels, hidden_dim, kernel_size=1)
