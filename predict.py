@@ -10,7 +10,8 @@ or a glob is taken as an input, not as weights.
 Per image: a top-K table (or with --json one JSON object per line) and a figure results/predictions/<stem>.png
 (--save: the figure's path for one image, its format from the suffix, else a folder; --no-figures: none), with
 --explain also <stem>_attention.png (attention rollout, in the figure's format); for a folder, a glob or several
-images also predictions.csv. Files in a folder or glob without an image extension are skipped, and counted on stderr.
+images also predictions.csv. Files in a folder or glob without an image extension, and hidden ones, are skipped
+and counted on stderr.
 --evaluate ROOT (a split folder ROOT/<class>/<images>, or a root holding test/) adds accuracy, per-class
 precision/recall/F1 and a confusion matrix (with --json printed as one JSON object, as saved in evaluation.json).
 Unreadable images are reported one line each and skipped; the exit status is then 2.

@@ -318,7 +318,10 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
         else:  # this folder's caches of earlier contents go (a mapped file stays readable until unmapped)
             for old in cache.parent.glob(f"{cache.name.split('-')[0]}-*.pt"):
                 if not old.name.startswith(cache.stem):
-                    old.unlink(missing_ok=True)
+                    try:
+                        old.unlink()
+                    except OSError:  # gone already, or mapped by a running process where that forbids deleting
+                        pass
     return out
 
 
