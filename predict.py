@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from vit import build_model
 from vit.checkpoint import model_flags, model_from_checkpoint
-from vit.data import (class_folders, decode_many, eval_images, eval_normalise, eval_transform, is_image, list_files,
-                      load_split, non_image_note, split_folder)
+from vit.data import (CACHE_DIR, class_folders, decode_many, eval_images, eval_normalise, eval_transform, is_image,
+                      list_files, load_split, non_image_note, split_folder)
 from vit.device import pick_device
 from vit.errors import UserError, bounded
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure
@@ -63,6 +63,8 @@ def parse_args(argv):
     parser.add_argument("--no-figures", action="store_true",
                         help="no figure per image, only the table or JSON and predictions.csv (large folders)")
     parser.add_argument("--evaluate", metavar="ROOT", help="labelled folder to measure accuracy on")
+    parser.add_argument("--cache-dir", default=str(CACHE_DIR), metavar="DIR",
+                        help="decoded-image cache for --evaluate, shared with train.py (data/.cache)")
     args = parser.parse_args(argv)
     if isinstance(args.pretrained, str) and (is_image(Path(args.pretrained)) or is_listing(args.pretrained)):
         # --pretrained photo.jpg (or photos/): an input, and torchvision's weights
@@ -205,9 +207,10 @@ def show(path, names, probs, label, as_json):
         print(f"{shown}\n" + "\n".join(f"  {n:<{width}}  {p:6.1%}" for n, p in zip(names, probs)), flush=True)
 
 
-def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=False):
-    """Accuracy, per-class metrics and confusion matrix on a labelled folder; printed (a table, or with as_json
-    the JSON object evaluation.json holds, on one line) and saved in out_dir."""
+def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=False, cache_dir=None):
+    """Accuracy, per-class metrics and confusion matrix on a labelled folder (its images decoded once into cache_dir,
+    as train.py's test images are); printed (a table, or with as_json the JSON object evaluation.json holds, on one
+    line) and saved in out_dir."""
     root = Path(root)
     split = split_folder(root, "test", "val") or root
     if not split.is_dir():
@@ -219,7 +222,7 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=
     if unknown:
         raise UserError(f"{split}: class folder(s) {', '.join(unknown)} are not among the model's classes "
                         f"({', '.join(model.classes[:10])}); pass a folder with one sub-folder per class")
-    decoded = load_split(split, folders, model.preprocess["resize_size"])
+    decoded = load_split(split, folders, model.preprocess["resize_size"], cache_dir)
     if decoded.non_images:
         print(f"{decoded.non_images} in {split}", file=sys.stderr)
     for path, reason in decoded.skipped:
@@ -272,7 +275,7 @@ def run(args):
         write_text(out_dir / "predictions.csv", table.getvalue())
         print(f"saved {len(rows)} predictions to {out_dir / 'predictions.csv'}", file=sys.stderr)
     if args.evaluate:
-        evaluate_folder(model, args.evaluate, device, args.batch_size, out_dir, failures, args.json)
+        evaluate_folder(model, args.evaluate, device, args.batch_size, out_dir, failures, args.json, args.cache_dir)
     return 2 if failures else 0
 
 

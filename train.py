@@ -125,7 +125,7 @@ def parse_args(argv=None):
                    "minutes to gain a few percent")
     p.add_argument("--name", type=file_name, metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
     p.add_argument("--out-dir", default=".", metavar="DIR", help="where models/ and results/ go (.)")
-    p.add_argument("--cache-dir", default=str(data.DATA_DIR / ".cache"), metavar="DIR",
+    p.add_argument("--cache-dir", default=str(data.CACHE_DIR), metavar="DIR",
                    help="decoded-image cache (data/.cache)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt, with its settings; "
                    f"only {flags(RESUMABLE)} may change, and {flags(MOVABLE)} where they have moved")

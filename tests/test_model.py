@@ -318,6 +318,6 @@ def test_a_hybrids_plain_state_dict_names_its_model_and_what_to_change(tmp_path)
     with pytest.raises(UserError, match=r"unexpected: embed.stem.*; they are for the conv stem: build the model with "
                                         r"stem='conv' \(--stem conv\)$"):
         build_model("vit_ti_16", num_classes=2, pretrained=path, patch_size=8, num_layers=1)
-    with pytest.raises(UserError, match=r"they are 192 wide: build vit_ti_16 with patch_size=8, num_layers=1, "
-                                        r"stem='conv' \(--model vit_ti_16 --patch-size 8 --num-layers 1 --stem conv\)$"):
+    with pytest.raises(UserError, match=r"they are 192 wide: build vit_ti_16 with patch_size=8, num_layers=1, stem="
+                                        r"'conv' \(--model vit_ti_16 --patch-size 8 --num-layers 1 --stem conv\)$"):
         build_model("vit_s_16", num_classes=2, pretrained=path, patch_size=8, num_layers=1, stem="conv")

@@ -391,7 +391,8 @@ def test_evaluate_matches_hand_count(ckpt, tmp_path, capsys):
             image = write_image(tmp_path / "data" / "test" / name / f"{i}.png", 10 * label + i, size=(36 + i, 44))
             expected[label, direct_probs(model, image).argmax()] += 1
     out = tmp_path / "out"
-    result = predict_here(capsys, "--model", path, "--evaluate", tmp_path / "data", "--save", out)
+    result = predict_here(capsys, "--model", path, "--evaluate", tmp_path / "data", "--save", out,
+                          "--cache-dir", tmp_path / "cache")
     assert result.returncode == 0, result.stderr
     saved = json.loads((out / "evaluation.json").read_text())
     assert saved["confusion_matrix"] == expected.tolist()
@@ -403,9 +404,15 @@ def test_evaluate_matches_hand_count(ckpt, tmp_path, capsys):
         assert row["recall"] == pytest.approx(expected[i, i].item() / (3 + i))
     with Image.open(out / "confusion_matrix.png") as f:
         assert f.format == "PNG"
+    with pytest.MonkeyPatch.context() as m:  # again: the images come from the cache, the result is the same
+        m.setattr("vit.data.decode", lambda *a: pytest.fail("decoded again although cached"))
+        assert predict_here(capsys, "--model", path, "--evaluate", tmp_path / "data", "--save", out, "--cache-dir",
+                            tmp_path / "cache").returncode == 0
+    assert json.loads((out / "evaluation.json").read_text()) == saved
     part = tmp_path / "part"  # a folder with one of the model's classes: counted in that class's row
     shutil.copytree(tmp_path / "data" / "test" / CLASSES[2], part / CLASSES[2])
-    assert predict_here(capsys, "--model", path, "--evaluate", part, "--save", out).returncode == 0
+    assert predict_here(capsys, "--model", path, "--evaluate", part, "--save", out, "--cache-dir",
+                        tmp_path / "cache").returncode == 0
     matrix = json.loads((out / "evaluation.json").read_text())["confusion_matrix"]
     assert matrix == [[0] * 3, [0] * 3, expected[2].tolist()]
 
@@ -414,14 +421,16 @@ def test_evaluate_reports_bad_folders_and_images(ckpt, tmp_path, capsys):
     path, _ = ckpt
     for name in ("cat", "bird"):
         write_image(tmp_path / "unknown" / name / "0.png", 0)
-    result = predict_here(capsys, "--model", path, "--evaluate", tmp_path / "unknown", "--save", tmp_path / "out")
+    result = predict_here(capsys, "--model", path, "--evaluate", tmp_path / "unknown", "--save", tmp_path / "out",
+                          "--cache-dir", tmp_path / "cache")
     assert_clean_failure(result)
     assert result.stderr.strip() == (f"error: {tmp_path / 'unknown'}: class folder(s) bird are not among the "
                                      "model's classes (cat, dog, fish); pass a folder with one sub-folder per class")
     for name in ("cat", "dog"):
         write_image(tmp_path / "data" / "val" / name / "0.png", 0)
     (tmp_path / "data" / "val" / "dog" / "1.png").write_bytes(b"\x89PNG broken")
-    result = predict_here(capsys, "--model", path, "--evaluate", tmp_path / "data", "--save", tmp_path / "out")
+    result = predict_here(capsys, "--model", path, "--evaluate", tmp_path / "data", "--save", tmp_path / "out",
+                          "--cache-dir", tmp_path / "cache")
     assert_clean_failure(result)  # the broken image is named, the others are evaluated
     broken = f"error: {tmp_path / 'data' / 'val' / 'dog' / '1.png'}: "
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -436,7 +445,8 @@ def test_evaluate_with_json_prints_only_json(ckpt, tmp_path, capsys):
         write_image(tmp_path / "data" / "test" / name / "0.png", label)
     image = write_image(tmp_path / "one.png", 7)
     out = tmp_path / "out"
-    result = predict_here(capsys, "--model", path, image, "--evaluate", tmp_path / "data", "--json", "--save", out)
+    result = predict_here(capsys, "--model", path, image, "--evaluate", tmp_path / "data", "--json", "--save", out,
+                          "--cache-dir", tmp_path / "cache")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 2 and lines[0]["image"] == str(image)

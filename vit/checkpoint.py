@@ -189,8 +189,9 @@ def check_run_files(last, best, resume=None):
 
 def resumed_args(ckpt, args, keep, given=()):
     """The checkpointed run's arguments, except the flags named in `keep`, which come from `args` (this command
-    line); files go on being written next to the checkpoint (run_files). Also the flags of `given` (those this command line
-    set) that the run does not take, as its own value differs: -> (arguments, names of the ignored ones)."""
+    line); files go on being written next to the checkpoint (run_files). Also the flags of `given` (those this
+    command line set) that the run does not take, as its own value differs: -> (arguments, names of the ignored
+    ones)."""
     saved = {"trivial_augment": 1.0, **ckpt["args"]}  # runs saved before that flag used it on every image
     resumed = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in keep}, "resume": args.resume})
     resumed.out_dir = str(Path(args.resume).resolve().parent.parent)  # run_files' OUT of OUT/models/RUN.pt

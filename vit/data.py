@@ -30,6 +30,7 @@ from vit.checkpoint import save_checkpoint
 from vit.errors import UserError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # bundled data and downloads live here
+CACHE_DIR = DATA_DIR / ".cache"  # decoded images (--cache-dir of train.py and predict.py --evaluate)
 DATASETS = {  # names accepted by --data that are downloaded once into data/<name>
     "pizza_steak_sushi": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi.zip",
 }
