@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -281,9 +281,9 @@ def train(args):
         log(f"augment: whole batches on {device} (vit/augment.py){idle}")
     else:
         sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else None
-        train_loader = DataLoader(train_set, batch_size=args.batch_size // world, shuffle=sampler is None,
-                                  sampler=sampler, generator=generator, num_workers=workers,
-                                  pin_memory=device.type == "cuda")
+        order = sampler or RandomSampler(train_set, generator=generator)
+        train_loader = data.train_loader(train_set, args.batch_size // world, order, generator, workers,
+                                         pin_memory=device.type == "cuda")
     test_loader = DataLoader(test_set, batch_size=2 * args.batch_size, pin_memory=device.type == "cuda")
     mix = data.MixupCutmix(len(splits.classes), p=args.mixup) if args.mixup > 0 and not args.freeze else None
 

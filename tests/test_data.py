@@ -306,6 +306,22 @@ def test_cached_images_are_memory_mapped_in_parts(tmp_path, monkeypatch):
     assert len(again.images) == 6 and Path(parts[1]).exists()
 
 
+def test_a_cached_dataset_goes_to_a_spawned_worker_as_file_names(tmp_path):
+    """Under spawn (macOS, Windows) a DataLoader pickles its dataset to every worker: a cached one sends the names
+    of its files, which the worker maps, not a copy of every image in shared memory."""
+    import pickle
+    make_tree(tmp_path / "ds", classes=("a", "b"), per_class=3)
+    for cache in (tmp_path / "cache", tmp_path / "cache"):  # decoded and cached, then read from the cache
+        decoded = data.load_split(tmp_path / "ds" / "train", ["a", "b"], size=64, cache_dir=cache)
+        dataset = data.ImageDataset(decoded, torch.clone)
+        sent = pickle.dumps(dataset)
+        assert len(sent) < 2000 < sum(image.nbytes for image in decoded.images)  # 6 images of 64 x 64
+        received = pickle.loads(sent)
+        assert all(torch.equal(received[i][0], dataset[i][0]) for i in range(len(dataset)))
+    uncached = data.ImageDataset(data.load_split(tmp_path / "ds" / "train", ["a", "b"], size=64), torch.clone)
+    assert len(pickle.dumps(uncached)) > sum(image.nbytes for image in uncached.decoded.images)  # the images
+
+
 def test_a_cache_that_cannot_be_written_warns_and_decodes(tmp_path, capsys):
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=2)
     (tmp_path / "cache").write_text("a file, not a folder")

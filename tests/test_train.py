@@ -151,6 +151,18 @@ def test_a_run_whose_images_moved_resumes_with_data(dataset, tmp_path, capsys):
     assert resumed["epoch"] == 2 and resumed["args"]["data"] == str((tmp_path / "moved").resolve())
 
 
+def test_with_workers_each_image_is_seeded_so_resuming_and_their_number_change_nothing(dataset, tmp_path):
+    """Workers are started once (persistent: under spawn each start imports torch again) and augment each image
+    from a seed drawn with the order, so neither an interruption nor the number of workers changes a run."""
+    runs = {"two": ["--workers", "2"], "one": ["--workers", "1"], "resumed": ["--workers", "2", "--stop-after", "1"]}
+    for name, extra in runs.items():
+        train.main(flags(dataset, tmp_path, "--epochs", "3", "--lr", "2e-3", "--name", name, *extra))
+    train.main(["--resume", str(tmp_path / "models" / "resumed.pt"), "--workers", "2"])
+    two, one, resumed = (read_metrics(tmp_path, name) for name in runs)
+    for key in KEYS - {"seconds"}:
+        assert [r[key] for r in two] == [r[key] for r in one] == [r[key] for r in resumed], key
+
+
 def test_resume_keeps_the_runs_cache_and_refuses_a_checkpoint_moved_from_its_run(dataset, tmp_path, capsys):
     cache = tmp_path / "my-cache"
     train.main(flags(dataset, tmp_path / "out", "--epochs", "3", "--name", "run", "--stop-after", "1",

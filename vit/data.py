@@ -15,7 +15,7 @@ import warnings
 import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
@@ -223,6 +223,7 @@ class Decoded:
     skipped: list = field(default_factory=list)  # (path, reason) of images that could not be decoded
     non_images: str = ""  # non_image_note of the files that are not images, or ""
     cached: bool = False  # read from the cache (not decoded by this call)
+    parts: list = field(default_factory=list)  # the cache files holding `images` in order, where all of them are
 
 
 def decode(path, size):
@@ -317,6 +318,7 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
         except UserError as e:
             print(f"warning: {e}{UNCACHED}", file=sys.stderr)
         else:  # this folder's caches of earlier contents go (a mapped file stays readable until unmapped)
+            out.parts = [str(cache.with_name(name)) for name in parts]
             for old in cache.parent.glob(f"{cache.name.split('-')[0]}-*.pt"):
                 if not old.name.startswith(cache.stem):
                     try:
@@ -354,13 +356,18 @@ def write_mapped(tensors, path):
 def read_cache(index, split_dir):
     """The Decoded that load_split cached at `index` for split_dir, its images memory-mapped from their parts."""
     saved = torch.load(index, weights_only=True)
-    images = [image for part in saved.pop("images") for image in
-              torch.load(Path(index).with_name(part), mmap=True, weights_only=True)]
+    saved["parts"] = [str(Path(index).with_name(name)) for name in saved.pop("images")]
+    images = map_parts(saved["parts"])
     if len(images) != len(saved["labels"]):
         raise ValueError(f"{index}: parts do not match the index")
     saved["paths"] = [str(split_dir / p) for p in saved["paths"]]
     saved["skipped"] = [(str(split_dir / p), why) for p, why in saved["skipped"]]
     return Decoded(images, **dict(saved, cached=True))
+
+
+def map_parts(parts):
+    """The images of the cache files `parts`, memory-mapped, in order."""
+    return [image for part in parts for image in torch.load(part, mmap=True, weights_only=True)]
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -373,7 +380,47 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.decoded.images)
 
     def __getitem__(self, i):
+        if isinstance(i, tuple):  # (seed, index) from SeededOrder
+            seed, i = i
+            torch.manual_seed(seed)
         return self.transform(self.decoded.images[i]), self.decoded.labels[i]
+
+    def __getstate__(self):  # to a spawned worker: the names of the cache files, which it maps, not the images
+        return dict(vars(self), decoded=replace(self.decoded, images=None)) if self.decoded.parts else vars(self)
+
+    def __setstate__(self, state):
+        vars(self).update(state)
+        if self.decoded.images is None:
+            self.decoded.images = map_parts(self.decoded.parts)
+
+
+class SeededOrder(torch.utils.data.Sampler):
+    """(seed, index) for each index of a sampler, a seed per image drawn from `generator` as the order is: DataLoader
+    workers then augment each image from its own seed, so they can be started once (persistent) and an epoch still
+    depends only on the generator (train_loader)."""
+
+    def __init__(self, order, generator):
+        self.order, self.generator = order, generator
+
+    def __len__(self):
+        return len(self.order)
+
+    def __iter__(self):  # drawn at the first index, as RandomSampler's order is (a DataLoader calls iter() twice)
+        indices = list(self.order)
+        yield from zip(torch.randint(2**62, (len(indices),), generator=self.generator).tolist(), indices)
+
+
+def train_loader(dataset, batch_size, order, generator, workers, pin_memory):
+    """Batches of `dataset` in the order of the sampler `order`. In the process itself as DataLoader(shuffle=True,
+    generator=generator) draws them; with workers, those are started once (persistent: under spawn, the start
+    method of macOS and Windows, each start imports torch again, seconds an epoch) and seeded per image from
+    generator (SeededOrder)."""
+    if not workers:
+        return torch.utils.data.DataLoader(dataset, batch_size, sampler=order, generator=generator,
+                                           pin_memory=pin_memory)
+    return torch.utils.data.DataLoader(dataset, batch_size, sampler=SeededOrder(order, generator), num_workers=workers,
+                                       persistent_workers=True, pin_memory=pin_memory,
+                                       generator=torch.Generator())  # only for the workers' own seeds: unused
 
 
 def train_transform(image_size, mean, std, *, scale=(0.35, 1.0), trivial_augment=1.0, erase_p=0.25):
