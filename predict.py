@@ -34,7 +34,7 @@ from vit.checkpoint import model_flags, model_from_checkpoint
 from vit.data import (CACHE_DIR, class_folders, decode_many, eval_images, eval_normalise, eval_transform, is_image,
                       list_files, load_split, non_image_note, split_folder)
 from vit.device import pick_device
-from vit.errors import UserError, bounded
+from vit.errors import UserError, bounded, printable_output
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure
 from vit.files import write_text
 from vit.metrics import classification_report, evaluate, format_report
@@ -198,13 +198,15 @@ def attention_path(figure):
 
 
 def show(path, names, probs, label, as_json):
-    """Print one image's top-K as a JSON line or an aligned table."""
+    """Print one image's top-K as a JSON line or an aligned table (clear of the progress bar on stderr)."""
     if as_json:
         predictions = [{"class": n, "probability": round(p, 6)} for n, p in zip(names, probs)]
-        print(json.dumps({"image": str(path), "predictions": predictions, "model": label}), flush=True)
+        text = json.dumps({"image": str(path), "predictions": predictions, "model": label})
     else:  # a file name that is not UTF-8 shown with \x escapes, as a terminal may refuse its bytes
         width, shown = max(map(len, names)), os.fsencode(path).decode("utf-8", "backslashreplace")
-        print(f"{shown}\n" + "\n".join(f"  {n:<{width}}  {p:6.1%}" for n, p in zip(names, probs)), flush=True)
+        text = f"{shown}\n" + "\n".join(f"  {n:<{width}}  {p:6.1%}" for n, p in zip(names, probs))
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=False, cache_dir=None):
@@ -280,6 +282,7 @@ def run(args):
 
 
 def main(argv=None):
+    printable_output()
     args = parse_args(argv)
     try:
         return run(args)

@@ -31,7 +31,7 @@ from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, load_
                             model_from_checkpoint, restore_training, resumed_args, run_files, training_checkpoint)
 from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, init_processes, is_master, log, master_first
-from vit.errors import UserError, bounded, file_name
+from vit.errors import UserError, bounded, file_name, printable_output
 from vit.files import make_folders, write_text
 from vit.metrics import evaluate
 from vit.model import SHAPE_FLAGS, build_model, list_models
@@ -352,7 +352,7 @@ def train(args):
         if is_master() and metrics:
             plots.plot_curves(metrics, results / "curves.png")
             if matrix is not None:
-                plots.plot_confusion(matrix.tolist(), splits.classes, results / "confusion_matrix.png")
+                plots.plot_confusion(matrix.tolist(), splits.classes, results / "confusion_matrix.png", len(metrics))
     if end < args.epochs:
         log(f"stopped after epoch {end} of {args.epochs}; continue with: python train.py --resume {last}")
     elif metrics:
@@ -362,6 +362,7 @@ def train(args):
 
 def main(argv=None):
     """Command-line entry: user errors become one 'error: ...' line and exit status 2."""
+    printable_output()
     args = parse_args(argv)
     try:
         return train(args)

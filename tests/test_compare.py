@@ -43,9 +43,25 @@ def test_a_run_of_one_epoch_is_drawn_as_points(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "save_figure", lambda fig, path: figures.append(fig))
     write_metrics(tmp_path / "one", [0.5], seconds=1.0)
     write_metrics(tmp_path / "two", [0.5, 0.6], seconds=1.0)
-    compare.plot_runs([compare.load_run(tmp_path / "one"), compare.load_run(tmp_path / "two")], tmp_path / "x.png")
+    runs = [(folder.name, records) for folder, records in map(compare.load_run, (tmp_path / "one", tmp_path / "two"))]
+    compare.plot_runs(runs, tmp_path / "x.png")
     markers = {line.get_label(): line.get_marker() for line in figures[0].axes[0].get_lines()}
     assert markers == {"one test": "o", "one train": "o", "two test": "None", "two train": "None"}
+
+
+def test_runs_of_the_same_name_are_told_apart_and_epochs_are_whole(tmp_path, monkeypatch):
+    assert compare.run_names([tmp_path / "a" / "results" / "run", tmp_path / "b" / "results" / "run",
+                              tmp_path / "other"]) == ["a/results/run", "b/results/run", "other"]
+    assert compare.run_names([tmp_path / "x", tmp_path / "y"]) == ["x", "y"]
+    figures = []
+    monkeypatch.setattr(compare, "save_figure", lambda fig, path: figures.append(fig))
+    write_metrics(tmp_path / "a" / "run", [0.5, 0.6], seconds=1.0)
+    write_metrics(tmp_path / "b" / "run", [0.4], seconds=1.0)
+    assert compare.main([str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run"), "--out", "x.png"]) == 0
+    labels = [line.get_label() for line in figures[0].axes[0].get_lines()]
+    assert labels == ["a/run test", "a/run train", "b/run test", "b/run train"]
+    ticks = figures[0].axes[0].xaxis.get_major_locator().tick_values(0.9, 2.1)
+    assert all(t == int(t) for t in ticks)  # 1 and 2, not 1.25, 1.5, ...
 
 
 def test_compare_bad_metrics(tmp_path, capsys):

@@ -1,7 +1,10 @@
 """The training figures: a confusion matrix stays drawable (and readable where it can be) for any number of classes."""
 from PIL import Image
 
-from vit import plots
+import numpy as np
+import torch
+
+from vit import explain, plots
 
 
 def drawn(monkeypatch, n):
@@ -30,3 +33,20 @@ def test_confusion_of_many_classes_is_a_bounded_png(tmp_path):
                          tmp_path / "cm.png")
     with Image.open(tmp_path / "cm.png") as image:
         assert max(image.size) <= 17 * 120 and image.format == "PNG"
+
+
+def test_long_class_names_are_cut_and_the_matrix_names_its_epoch(monkeypatch):
+    """A 61-character class name took three quarters of a prediction figure's width."""
+    long = "an_exceptionally_long_category_name_for_dress_number_03_and_on"
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(explain, "save_figure", lambda fig, path: figures.append(fig))
+    plots.plot_confusion([[1, 0], [0, 1]], [long, "b"], "x.png", epoch=7)
+    explain.save_prediction_figure(np.zeros((8, 8, 3)), [long, "b"], [0.6, 0.4], "y.png")
+    explain.save_attention_figure(np.zeros((8, 8, 3)), torch.full((2, 2), 0.25), "title", "z.png")
+    matrix, prediction, attention = figures
+    short = long[:29] + "\u2026"
+    assert [t.get_text() for t in matrix.axes[0].get_xticklabels()] == [short, "b"]
+    assert matrix.axes[0].get_title() == "confusion matrix (test, after epoch 7, 2 classes)"
+    assert [t.get_text() for t in prediction.axes[1].get_yticklabels()] == [short, "b"]
+    assert len(attention.axes) == 3  # the photo, the overlay and its colour scale

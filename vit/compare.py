@@ -11,14 +11,14 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from vit.errors import UserError
-from vit.plots import figure_format, save_figure
+from vit.errors import UserError, printable_output
+from vit.plots import figure_format, save_figure, whole_epochs
 
 KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")  # needed per epoch record
 
 
 def load_run(arg):
-    """(run name, list of epoch records) from a run folder or its metrics.json; UserError if unusable."""
+    """(run folder, list of epoch records) from a run folder or its metrics.json; UserError if unusable."""
     path = Path(arg)
     if path.is_dir():
         path = path / "metrics.json"
@@ -32,7 +32,20 @@ def load_run(arg):
             isinstance(r, dict) and all(k in r for k in KEYS) for r in records):
         raise UserError(f"{path}: expected a non-empty list of epoch records with keys {', '.join(KEYS)}; "
                         "pass a metrics.json written by train.py")
-    return path.parent.name, records
+    return path.parent, records
+
+
+def run_names(folders):
+    """Each run's folder name, with as many of the folders above it as it takes to tell it from the other runs
+    (a/results/run and b/results/run, not run twice)."""
+    parts = [Path(folder).resolve().parts for folder in folders]
+
+    def name(mine):
+        depth = next((d for d in range(1, len(mine)) if all(p[-d:] != mine[-d:] for p in parts if p is not mine)),
+                     len(mine))
+        return "/".join(mine[-depth:])
+
+    return [name(mine) for mine in parts]
 
 
 def plot_runs(runs, path):
@@ -48,6 +61,7 @@ def plot_runs(runs, path):
                     marker=dot, label=f"{name} train")
     for ax, label in ((ax_acc, "accuracy"), (ax_loss, "loss")):
         ax.set_xlabel("epoch")
+        whole_epochs(ax)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize="small")
@@ -66,6 +80,7 @@ def summary(runs):
 
 
 def main(argv=None):
+    printable_output()
     parser = argparse.ArgumentParser(prog="python -m vit.compare", description="Compare training runs' metrics.json "
                                      "curves.")
     parser.add_argument("runs", nargs="+", help="run folders or metrics.json files")
@@ -73,7 +88,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         figure_format(args.out)
-        runs = [load_run(arg) for arg in args.runs]
+        folders, records = zip(*(load_run(arg) for arg in args.runs))
+        runs = list(zip(run_names(folders), records))
         plot_runs(runs, args.out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

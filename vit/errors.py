@@ -5,11 +5,20 @@ Scripts catch UserError and print its message as one line, never a traceback.
 """
 import argparse
 import math
+import sys
 from pathlib import Path
 
 
 class UserError(Exception):
     """A problem in the user's input, with a message that names the file and what to do."""
+
+
+def printable_output():
+    """Let the scripts print any path or class name: a character the output's encoding lacks (a Windows code page
+    where output is redirected to a file) is written as an escape instead of stopping them with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # not on every replacement of sys.stdout (a test's capture, say)
+            stream.reconfigure(errors="backslashreplace")
 
 
 def bounded(kind, low, high=math.inf, below=False):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from vit.plots import save_figure
+from vit.plots import save_figure, short
 
 
 @torch.no_grad()
@@ -65,7 +65,7 @@ def save_prediction_figure(image, names, probs, path):
     ax_image.axis("off")
     rows = range(len(names))
     ax_bars.barh(rows, probs, color="tab:blue")
-    ax_bars.set_yticks(rows, names)
+    ax_bars.set_yticks(rows, map(short, names))
     ax_bars.invert_yaxis()
     ax_bars.set_xlim(0, 1)
     ax_bars.set_xlabel("probability")
@@ -73,7 +73,7 @@ def save_prediction_figure(image, names, probs, path):
         inside = p > 0.8
         ax_bars.text(p - 0.02 if inside else p + 0.02, row, f"{p:.1%}", va="center",
                      ha="right" if inside else "left", color="white" if inside else "black")
-    fig.suptitle(f"{names[0]} ({probs[0]:.1%})")
+    fig.suptitle(f"{short(names[0], 60)} ({probs[0]:.1%})")
     save_figure(fig, path)
 
 
@@ -84,7 +84,8 @@ def save_attention_figure(image, attn_map, title, path):
     ax_image.imshow(image)
     ax_image.set_title("model input")
     ax_overlay.imshow(image)
-    ax_overlay.imshow(upsample(attn_map, tuple(image.shape[:2])), cmap="inferno", alpha=0.55)
+    shown = ax_overlay.imshow(upsample(attn_map, tuple(image.shape[:2])), cmap="inferno", alpha=0.55)
+    fig.colorbar(shown, ax=ax_overlay, fraction=0.046, pad=0.04, label="attention (1: the most)")
     ax_overlay.set_title("attention rollout")
     for ax in (ax_image, ax_overlay):
         ax.axis("off")

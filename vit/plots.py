@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API draws with Agg; pyplot and a display are never touched
+from matplotlib.ticker import MaxNLocator
 
 from vit.errors import UserError
 from vit.files import replace_atomically
@@ -18,6 +19,16 @@ def figure_format(path):
     return fmt
 
 
+def short(name, width=30):
+    """A class name as figures show it: cut to `width` characters (a long one would squeeze the plot)."""
+    return name if len(name) <= width else name[:width - 1] + "\u2026"
+
+
+def whole_epochs(ax):
+    """Ticks on whole epochs only (a run of one or a few epochs would get 0.96, 1.04 or 1.25)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def save_figure(fig, path):
     """Write the figure to path (figure_format), atomically."""
     fmt = figure_format(path)
@@ -32,13 +43,15 @@ def plot_curves(metrics, path):
         for split in ("train", "test"):
             ax.plot(epochs, [m[f"{split}_{key}"] for m in metrics], marker="o", markersize=3, label=split)
         ax.set(xlabel="epoch", ylabel=title, title=title)
+        whole_epochs(ax)
         ax.grid(alpha=0.3)
         ax.legend()
     save_figure(fig, path)
 
 
-def plot_confusion(matrix, classes, path, counted=30, named=60):
-    """Confusion matrix (rows: true class, columns: predicted class). Up to `counted` classes each cell shows its
+def plot_confusion(matrix, classes, path, epoch=None, counted=30, named=60):
+    """Confusion matrix (rows: true class, columns: predicted class) of the test pass after `epoch` (when given, in
+    the title). Up to `counted` classes each cell shows its
     count and up to `named` the axes name the classes; beyond, colours only, at a bounded size (a cell of text per
     pair took 50 s to draw for 200 classes and would need gigabytes for 1000)."""
     matrix = [[int(v) for v in row] for row in matrix]
@@ -51,11 +64,12 @@ def plot_confusion(matrix, classes, path, counted=30, named=60):
     axes = ("predicted", "true")
     if n <= named:
         font = 10 if n <= counted else 6
-        ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=font)
-        ax.set_yticks(range(n), classes, fontsize=font)
+        ax.set_xticks(range(n), map(short, classes), rotation=45, ha="right", fontsize=font)
+        ax.set_yticks(range(n), map(short, classes), fontsize=font)
     else:  # matplotlib's own ticks: class indices, in the order of the class list
         axes = tuple(f"{name} (class index)" for name in axes)
-    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"confusion matrix (test, {n} classes)")
+    after = f"after epoch {epoch}, " if epoch else ""
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=f"confusion matrix (test, {after}{n} classes)")
     top = max(max(row) for row in matrix) or 1
     for i, row in enumerate(matrix if n <= counted else []):
         for j, count in enumerate(row):
