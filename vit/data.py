@@ -371,7 +371,8 @@ def map_parts(parts):
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Decoded images as a Dataset of (transform(image), label)."""
+    """Decoded images as a Dataset of (transform(image), label); an index (seed, i) from SeededOrder seeds torch's
+    random numbers for image i first."""
 
     def __init__(self, decoded, transform):
         self.decoded, self.transform = decoded, transform
@@ -405,7 +406,7 @@ class SeededOrder(torch.utils.data.Sampler):
     def __len__(self):
         return len(self.order)
 
-    def __iter__(self):  # drawn at the first index, as RandomSampler's order is (a DataLoader calls iter() twice)
+    def __iter__(self):  # drawn when the first index is asked for, as RandomSampler draws its order
         indices = list(self.order)
         yield from zip(torch.randint(2**62, (len(indices),), generator=self.generator).tolist(), indices)
 
