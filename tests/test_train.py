@@ -163,6 +163,16 @@ def test_with_workers_each_image_is_seeded_so_resuming_and_their_number_change_n
         assert [r[key] for r in two] == [r[key] for r in one] == [r[key] for r in resumed], key
 
 
+def test_workers_started_by_spawn_as_on_macos_and_windows_train(dataset, tmp_path):
+    """Spawned workers get the dataset pickled (fork, Linux's way, copies the process instead): nothing in it may
+    be unpicklable, and a cached one travels as the names of its files."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "start_method.py"), "spawn", "--",
+                             *flags(dataset, tmp_path, "--epochs", "1", "--workers", "1", "--name", "spawned")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(read_metrics(tmp_path, "spawned")) == 1 and "spawn: " in result.stdout
+
+
 def test_resume_keeps_the_runs_cache_and_refuses_a_checkpoint_moved_from_its_run(dataset, tmp_path, capsys):
     cache = tmp_path / "my-cache"
     train.main(flags(dataset, tmp_path / "out", "--epochs", "3", "--name", "run", "--stop-after", "1",
