@@ -90,6 +90,7 @@ def load_model(args):
     elif is_checkpoint(obj := safe_load(args.pretrained)):  # as train.py's --pretrained RUN.pt takes it
         model, label = model_from_checkpoint(dict(obj, path=args.pretrained)), args.pretrained
     else:  # weights: the Table 1 model of their shapes; a copy of torchvision's brings ImageNet's classes
+        del obj  # build_model reads the file itself: not two copies of the weights at once
         flags = model_flags(args.pretrained)
         try:
             model = build_model(flags.pop("model", "vit_b_16"), pretrained=args.pretrained, **flags)
@@ -124,9 +125,9 @@ def expand(inputs):
             paths += found
         else:
             paths.append(Path(arg))
-    unique = {}  # an image named twice (photos/ 'photos/*.jpg', or photo.jpg twice) is predicted once
-    for path in paths:
-        unique.setdefault(path.resolve(), path)
+    unique = {}  # an image named twice (photos/ 'photos/*.jpg', or photo.jpg twice) is predicted once; a link is
+    for path in paths:  # a name of its own
+        unique.setdefault(os.path.abspath(path), path)
     return list(unique.values()), failures, listing
 
 

@@ -53,6 +53,7 @@ def test_runs_of_the_same_name_are_told_apart_and_epochs_are_whole(tmp_path, mon
     assert compare.run_names([tmp_path / "a" / "results" / "run", tmp_path / "b" / "results" / "run",
                               tmp_path / "other"]) == ["a/results/run", "b/results/run", "other"]
     assert compare.run_names([tmp_path / "x", tmp_path / "y"]) == ["x", "y"]
+    assert compare.run_names([tmp_path / "x", tmp_path / "x"]) == ["x", "x"]  # one run given twice
     figures = []
     monkeypatch.setattr(compare, "save_figure", lambda fig, path: figures.append(fig))
     write_metrics(tmp_path / "a" / "run", [0.5, 0.6], seconds=1.0)

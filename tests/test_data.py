@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -276,9 +277,15 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     os.utime(tmp_path / "new.png", ns=(before.st_atime_ns, before.st_mtime_ns))
     os.replace(tmp_path / "new.png", changed)
     assert changed.stat().st_size == before.st_size and changed.stat().st_mtime_ns == before.st_mtime_ns
+    earlier = set(cache.glob("*.pt"))  # the index and part of the first contents, used a moment ago
     third = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
     assert third.images[0][:, 0, 0].tolist() == [0, 255, 0] and not third.cached
-    assert len(list(cache.glob("*.pt"))) == 2  # the earlier contents' cache is gone
+    assert earlier < set(cache.glob("*.pt"))  # kept: a run may still use it (its spawned workers map its files)
+    for path in earlier:  # unused for two days: the next cache of this folder deletes it
+        os.utime(path, (time.time() - 2 * 86_400,) * 2)
+    write_image(split / "b" / "new.png")
+    data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+    assert len(set(cache.glob("*.pt"))) == 4 and not earlier & set(cache.glob("*.pt"))
 
 
 def mapped_files():
@@ -304,6 +311,17 @@ def test_cached_images_are_memory_mapped_in_parts(tmp_path, monkeypatch):
     os.remove(parts[1])  # a part lost: the cache is decoded again, not read short
     again = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
     assert len(again.images) == 6 and Path(parts[1]).exists()
+
+
+def test_seeded_order_seeds_each_image_not_each_place():
+    """Under torchrun the ranks seed their generators alike: seeds by place would augment rank 0's k-th image
+    exactly as rank 1's."""
+    shares = [[4, 7, 1], [0, 3, 5]]  # two ranks' shares of 8 images, as DistributedSampler deals them
+    drawn = [list(data.SeededOrder(share, torch.Generator().manual_seed(0), 8)) for share in shares]
+    seeds = {i: seed for pairs in drawn for seed, i in pairs}
+    assert len(set(seeds.values())) == 6  # an own seed for every image
+    again = list(data.SeededOrder([1, 4], torch.Generator().manual_seed(0), 8))
+    assert again == [(seeds[1], 1), (seeds[4], 4)]  # whichever rank or place it has
 
 
 def test_a_cached_dataset_goes_to_a_spawned_worker_as_file_names(tmp_path):

@@ -14,7 +14,7 @@ from torchvision.models.vision_transformer import VisionTransformer as Torchvisi
 
 import vit.weights
 from vit import UserError, build_model, list_models
-from vit.model import CONFIGS, PatchEmbedding
+from vit.model import CONFIGS, PatchEmbedding, VisionTransformer
 
 SMALL = dict(image_size=64, patch_size=8, num_layers=3, num_heads=4, hidden_dim=96, mlp_dim=192)
 
@@ -301,6 +301,9 @@ def test_conv_stem_hybrid_builds_saves_and_refuses_patch_weights(tmp_path):
         build_model("vit_b_16", pretrained=path, stem="conv", **SMALL)
     with pytest.raises(ValueError, match="image_size 16 is one patch of 16 px; the conv stem needs at least 2 x 2"):
         build_model("vit_ti_16", image_size=16, stem="conv")  # batch norm of a 1 x 1 map fails on one image
+    old = VisionTransformer(image_size=16, patch_size=16, num_layers=1, num_heads=3, hidden_dim=192, mlp_dim=768,
+                            stem="conv")  # as models were built before that check: their checkpoints still load
+    assert old.embed.grid_size == 1
     with pytest.raises(ValueError, match="power-of-two patch_size"):
         build_model("vit_ti_16", image_size=36, patch_size=12, stem="conv")
 

@@ -45,8 +45,16 @@ def test_long_class_names_are_cut_and_the_matrix_names_its_epoch(monkeypatch):
     explain.save_prediction_figure(np.zeros((8, 8, 3)), [long, "b"], [0.6, 0.4], "y.png")
     explain.save_attention_figure(np.zeros((8, 8, 3)), torch.full((2, 2), 0.25), "title", "z.png")
     matrix, prediction, attention = figures
-    short = long[:29] + "\u2026"
+    short = long[:14] + "\u2026" + long[-15:]  # cut in the middle
     assert [t.get_text() for t in matrix.axes[0].get_xticklabels()] == [short, "b"]
     assert matrix.axes[0].get_title() == "confusion matrix (test, after epoch 7, 2 classes)"
     assert [t.get_text() for t in prediction.axes[1].get_yticklabels()] == [short, "b"]
     assert len(attention.axes) == 3  # the photo, the overlay and its colour scale
+
+
+def test_names_that_cutting_would_make_alike_stay_whole():
+    names = ["American Staffordshire terrier (adult)", "American Staffordshire terrier (puppy)", "b"]
+    assert plots.short(names) == ["American Staff\u2026terrier (adult)", "American Staff\u2026terrier (puppy)", "b"]
+    alike = ["a_very_long_common_prefix_" + "x" * 20 + "_one_a_very_long_common_suffix",
+             "a_very_long_common_prefix_" + "y" * 20 + "_one_a_very_long_common_suffix"]
+    assert plots.short(alike) == alike  # cut, they would read the same

@@ -343,6 +343,10 @@ def test_an_image_named_twice_is_predicted_once(ckpt, tmp_path, capsys):
     assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == list(map(str, images))
     assert sorted(os.listdir(out)) == ["img0.png", "img1.png", "predictions.csv"]
     assert f"saved 2 figures in {out}/" in result.stderr
+    (tmp_path / "photos" / "link.png").symlink_to(images[0])  # another name for a photo: a name of its own
+    result = predict_here(capsys, "--model", ckpt[0], tmp_path / "photos", "--json", "--no-figures")
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [
+        *map(str, images), str(tmp_path / "photos" / "link.png")]
 
 
 def test_pretrained_path_that_is_missing_is_one_line(tmp_path, capsys):

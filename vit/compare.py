@@ -40,9 +40,9 @@ def run_names(folders):
     (a/results/run and b/results/run, not run twice)."""
     parts = [Path(folder).resolve().parts for folder in folders]
 
-    def name(mine):
-        depth = next((d for d in range(1, len(mine)) if all(p[-d:] != mine[-d:] for p in parts if p is not mine)),
-                     len(mine))
+    def name(mine):  # the same run given twice (run/ and run/metrics.json) is one name
+        others = [p for p in parts if p != mine]
+        depth = next((d for d in range(1, len(mine)) if all(p[-d:] != mine[-d:] for p in others)), len(mine) - 1)
         return "/".join(mine[-depth:])
 
     return [name(mine) for mine in parts]

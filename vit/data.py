@@ -10,6 +10,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+import time
 import urllib.request
 import warnings
 import zipfile
@@ -36,6 +37,7 @@ DATASETS = {  # names accepted by --data that are downloaded once into data/<nam
 }
 CACHE_VERSION = 3  # bump when decoding or the cache's layout changes, so old caches are not reused
 UNCACHED = "; the images will be decoded again next time (or choose --cache-dir)"
+STALE = 86_400  # seconds unused after which a cache of a folder's earlier contents is deleted (remove_stale)
 PART_BYTES = 2**28  # decoded images per cache part (256 MiB): what decoding holds in memory at once with a cache
 NO_IMAGES = f"no images ({' '.join(IMG_EXTENSIONS)}); add images or remove the class folder"
 THREADS = min(8, os.cpu_count() or 1)  # decoding threads: Pillow decodes and resizes without holding the GIL
@@ -273,10 +275,10 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
     if cache_dir is not None:  # one cache per (folder, classes, size), named for the images' sizes, times and inodes
         folder = repr((CACHE_VERSION, str(split_dir.resolve()), list(classes), size))
         stats = [(str(p.relative_to(split_dir)), *file_signature(p)) for _, p in images]
-        cache = Path(cache_dir) / f"{digest(folder)}-{digest(repr((stats, len(files))))}.pt"
+        cache = Path(cache_dir) / f"{digest(folder)}-{digest(repr(stats))}.pt"
         if cache.exists():
             try:
-                return read_cache(cache, split_dir)
+                return replace(read_cache(cache, split_dir), non_images=non_image_note([p for _, p in files]))
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError):
                 pass  # unreadable cache: decode again and overwrite it
     memory = physical_memory()
@@ -317,15 +319,24 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
             save_checkpoint(dict(vars(out), images=parts, paths=relative, skipped=skipped), cache)
         except UserError as e:
             print(f"warning: {e}{UNCACHED}", file=sys.stderr)
-        else:  # this folder's caches of earlier contents go (a mapped file stays readable until unmapped)
+        else:
             out.parts = [str(cache.with_name(name)) for name in parts]
-            for old in cache.parent.glob(f"{cache.name.split('-')[0]}-*.pt"):
-                if not old.name.startswith(cache.stem):
-                    try:
-                        old.unlink()
-                    except OSError:  # gone already, or mapped by a running process where that forbids deleting
-                        pass
+            remove_stale(cache)
     return out
+
+
+def remove_stale(cache):
+    """Delete the caches of the same folder, classes and size as `cache` (of the folder's earlier contents) that no
+    run has written or read for STALE seconds: a run that maps one, or is about to (its spawned workers map the
+    files themselves), or is still writing one, keeps it."""
+    now = time.time()
+    for path in cache.parent.glob(f"{cache.name.split('-')[0]}-*.pt"):
+        if not path.name.startswith(cache.stem):  # not this cache's index or parts
+            try:
+                if now - path.stat().st_mtime > STALE:
+                    path.unlink()
+            except OSError:  # gone already, or mapped by a running process where that forbids deleting
+                pass
 
 
 def digest(text):
@@ -357,6 +368,11 @@ def read_cache(index, split_dir):
     """The Decoded that load_split cached at `index` for split_dir, its images memory-mapped from their parts."""
     saved = torch.load(index, weights_only=True)
     saved["parts"] = [str(Path(index).with_name(name)) for name in saved.pop("images")]
+    try:  # marks the cache as in use, for remove_stale (the times of its parts follow)
+        for path in (index, *saved["parts"]):
+            os.utime(path)
+    except OSError:  # a read-only cache: it stays unmarked
+        pass
     images = map_parts(saved["parts"])
     if len(images) != len(saved["labels"]):
         raise ValueError(f"{index}: parts do not match the index")
@@ -396,19 +412,21 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 class SeededOrder(torch.utils.data.Sampler):
-    """(seed, index) for each index of a sampler, a seed per image drawn from `generator` as the order is: DataLoader
-    workers then augment each image from its own seed, so they can be started once (persistent) and an epoch still
-    depends only on the generator (train_loader)."""
+    """(seed, index) for each index of a sampler over n images, with a seed per image (not per place: under torchrun
+    the ranks' orders share a generator) drawn from `generator` after the order: DataLoader workers then augment each
+    image from its own seed, so they can be started once (persistent) and an epoch still depends only on the
+    generator (train_loader)."""
 
-    def __init__(self, order, generator):
-        self.order, self.generator = order, generator
+    def __init__(self, order, generator, n):
+        self.order, self.generator, self.n = order, generator, n
 
     def __len__(self):
         return len(self.order)
 
     def __iter__(self):  # drawn when the first index is asked for, as RandomSampler draws its order
         indices = list(self.order)
-        yield from zip(torch.randint(2**62, (len(indices),), generator=self.generator).tolist(), indices)
+        seeds = torch.randint(2**62, (self.n,), generator=self.generator).tolist()
+        yield from ((seeds[i], i) for i in indices)
 
 
 def train_loader(dataset, batch_size, order, generator, workers, pin_memory):
@@ -419,8 +437,8 @@ def train_loader(dataset, batch_size, order, generator, workers, pin_memory):
     if not workers:
         return torch.utils.data.DataLoader(dataset, batch_size, sampler=order, generator=generator,
                                            pin_memory=pin_memory)
-    return torch.utils.data.DataLoader(dataset, batch_size, sampler=SeededOrder(order, generator), num_workers=workers,
-                                       persistent_workers=True, pin_memory=pin_memory,
+    return torch.utils.data.DataLoader(dataset, batch_size, sampler=SeededOrder(order, generator, len(dataset)),
+                                       num_workers=workers, persistent_workers=True, pin_memory=pin_memory,
                                        generator=torch.Generator())  # only for the workers' own seeds: unused
 
 

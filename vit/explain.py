@@ -65,7 +65,7 @@ def save_prediction_figure(image, names, probs, path):
     ax_image.axis("off")
     rows = range(len(names))
     ax_bars.barh(rows, probs, color="tab:blue")
-    ax_bars.set_yticks(rows, map(short, names))
+    ax_bars.set_yticks(rows, short(names))
     ax_bars.invert_yaxis()
     ax_bars.set_xlim(0, 1)
     ax_bars.set_xlabel("probability")
@@ -73,7 +73,7 @@ def save_prediction_figure(image, names, probs, path):
         inside = p > 0.8
         ax_bars.text(p - 0.02 if inside else p + 0.02, row, f"{p:.1%}", va="center",
                      ha="right" if inside else "left", color="white" if inside else "black")
-    fig.suptitle(f"{short(names[0], 60)} ({probs[0]:.1%})")
+    fig.suptitle(f"{short(names[:1], 60)[0]} ({probs[0]:.1%})")
     save_figure(fig, path)
 
 

@@ -29,9 +29,6 @@ class PatchEmbedding(nn.Module):
             self.stem, channels = nn.Identity(), 3
             self.proj = nn.Conv2d(3, hidden_dim, kernel_size=patch_size, stride=patch_size)
         elif stem == "conv":  # Sec. 3.1's hybrid: E projects each 1 x 1 patch of a CNN feature map
-            if self.grid_size < 2:  # batch norm over a 1 x 1 map fails on a batch of one image (an epoch's last)
-                raise ValueError(f"image_size {image_size} is one patch of {patch_size} px; the conv stem needs at "
-                                 "least 2 x 2: use a smaller patch_size")
             self.stem = ConvStem(patch_size, hidden_dim)
             channels = self.stem.channels
             self.proj = nn.Conv2d(channels, hidden_dim, kernel_size=1)
@@ -261,6 +258,11 @@ def build_model(name, *, num_classes=1000, image_size=None, pretrained=False, **
     source = weights.find_pretrained(name, pretrained) if pretrained else None
     if image_size is None:
         image_size = source.image_size if source else 224
+    if config.get("stem") == "conv" and image_size == config["patch_size"]:
+        # batch norm over a 1 x 1 map fails on a batch of one image (an epoch's last); checked for new models only,
+        # so that checkpoints made before still load
+        raise ValueError(f"image_size {image_size} is one patch of {config['patch_size']} px; the conv stem needs at "
+                         "least 2 x 2: use a smaller patch_size")
     model = VisionTransformer(image_size=image_size, num_classes=num_classes, **config)
     model.name = name
     if source:

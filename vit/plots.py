@@ -19,9 +19,11 @@ def figure_format(path):
     return fmt
 
 
-def short(name, width=30):
-    """A class name as figures show it: cut to `width` characters (a long one would squeeze the plot)."""
-    return name if len(name) <= width else name[:width - 1] + "\u2026"
+def short(names, width=30):
+    """Class names as figures show them: longer ones cut to `width` characters in the middle (a long one would
+    squeeze the plot; the ends tell most names apart), unless that makes two alike: then all in full."""
+    cut = [n if len(n) <= width else n[:(width - 1) // 2] + "\u2026" + n[-(width // 2):] for n in names]
+    return cut if len(set(cut)) == len(set(names)) else list(names)
 
 
 def whole_epochs(ax):
@@ -64,8 +66,8 @@ def plot_confusion(matrix, classes, path, epoch=None, counted=30, named=60):
     axes = ("predicted", "true")
     if n <= named:
         font = 10 if n <= counted else 6
-        ax.set_xticks(range(n), map(short, classes), rotation=45, ha="right", fontsize=font)
-        ax.set_yticks(range(n), map(short, classes), fontsize=font)
+        ax.set_xticks(range(n), short(classes), rotation=45, ha="right", fontsize=font)
+        ax.set_yticks(range(n), short(classes), fontsize=font)
     else:  # matplotlib's own ticks: class indices, in the order of the class list
         axes = tuple(f"{name} (class index)" for name in axes)
     after = f"after epoch {epoch}, " if epoch else ""
