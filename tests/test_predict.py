@@ -504,8 +504,9 @@ def test_awkward_file_names_are_files_and_figures_stay_apart(ckpt, tmp_path, cap
 def test_output_in_an_encoding_without_the_names_characters_is_escaped(ckpt, tmp_path):
     """As on Windows with output redirected to a file (a code page): a photo named in Japanese is still predicted."""
     image = write_image(tmp_path / "寿司 photo.png", 0)
-    result = subprocess.run([sys.executable, "predict.py", "--model", ckpt[0], image, "--no-figures", "--device", "cpu"],
-                            cwd=REPO, capture_output=True, timeout=120, env=dict(os.environ, PYTHONIOENCODING="cp1252"))
+    command = [sys.executable, "predict.py", "--model", ckpt[0], image, "--no-figures", "--device", "cpu"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, timeout=120,
+                            env=dict(os.environ, PYTHONIOENCODING="cp1252"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode("cp1252").startswith(f"{tmp_path}{os.sep}\\u5bff\\u53f8 photo.png\n")
 
