@@ -30,7 +30,7 @@ from vit import augment, data, plots
 from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, load_checkpoint, model_flags,
                             model_from_checkpoint, restore_training, resumed_args, run_files, training_checkpoint)
 from vit.device import mixed_precision, pick_device
-from vit.distributed import all_reduce, init_processes, is_master, log, master_first
+from vit.distributed import all_reduce, init_processes, is_master, log, master_first, share_buffers
 from vit.errors import UserError, bounded, file_name, printable_output
 from vit.files import make_folders, write_text
 from vit.metrics import evaluate
@@ -60,7 +60,7 @@ FINETUNE = dict(SCRATCH,  # all weights, starting from pretrained ones (--pretra
     epochs=10, batch_size=32, lr=1e-4, warmup_epochs=1, mixup=0.0, trivial_augment=1.0)
 LINEAR_PROBE = dict(FINETUNE,  # the new head only, on frozen pretrained features (--pretrained --freeze)
     epochs=20, lr=3e-3, weight_decay=0.0, drop_path=0.0, trivial_augment=0.0)  # (images pass the backbone once)
-RESUMABLE = ("device", "workers", "augment", "precision", "compile", "stop_after")  # --resume: from this command line
+RESUMABLE = ("device", "workers", "augment", "precision", "compile", "stop_after")  # --resume: the run's unless given
 MOVABLE = ("data", "cache_dir")  # --resume: the run's own unless given (images or cache moved)
 # -----------------------------------------------------------------------------
 
@@ -128,7 +128,7 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=str(data.CACHE_DIR), metavar="DIR",
                    help="decoded-image cache (data/.cache)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt, with its settings; "
-                   f"only {flags(RESUMABLE)} may change, and {flags(MOVABLE)} where they have moved")
+                   f"only {flags(RESUMABLE)} may change (given again), and {flags(MOVABLE)} where they have moved")
     p.add_argument("--stop-after", type=count, metavar="N", help="stop after N epochs of this session (resume later)")
     args = p.parse_args(argv)
     args.given = [k for k, v in vars(args).items() if v != p.get_default(k)]  # what --resume must not ignore silently
@@ -184,7 +184,8 @@ def train(args):
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt:  # the run's own settings, except the flags that may change between sessions
         moved = tuple(k for k in MOVABLE if k in given)  # e.g. the same classes' images in a new place
-        args, ignored = resumed_args(ckpt, args, RESUMABLE + moved, given)
+        changed = tuple(k for k in RESUMABLE if k in given or k == "stop_after" or k not in ckpt["args"])
+        args, ignored = resumed_args(ckpt, args, changed + moved, given)
         if "data" not in moved and not Path(args.data).is_dir():
             raise UserError(f"{args.data}: the run's images are no longer there; if they have moved, resume with "
                             f"--resume {args.resume} --data NEW_FOLDER")
@@ -299,7 +300,7 @@ def train(args):
     optimizer, scheduler = adamw_warmup_cosine(trained, args.lr, args.weight_decay, round(args.warmup_epochs * steps),
                                                args.epochs * steps, fused=device.type == "cuda")
     metrics, best_acc, start = restore_training(ckpt, optimizer, scheduler, scaler) if ckpt else ([], -1.0, 0)
-    if args.warmup_epochs >= args.epochs:
+    if args.warmup_epochs > args.epochs:
         log(f"note: --warmup-epochs {args.warmup_epochs:g} spans the whole run (--epochs {args.epochs}): the learning "
             f"rate never reaches --lr {args.lr:g}; shorten it (--warmup-epochs) for a short run")
 
@@ -312,7 +313,8 @@ def train(args):
     log(f"run: {args.name} on {device}{processes}, epochs {start + 1}..{args.epochs}, writing {last} and {results}/")
 
     end = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
-    matrix = None  # confusion matrix of the latest test pass
+    matrix, saved = None, start  # the latest test pass's confusion matrix; the last epoch given to the writer
+    resume_command = f"{f'torchrun --nproc_per_node={world}' if world > 1 else 'python'} train.py --resume {last}"
     writer = CheckpointWriter()  # writes in the background while the next epoch trains
     try:
         for epoch in range(start, end):
@@ -329,6 +331,7 @@ def train(args):
                 kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
                 raise UserError(f"epoch {epoch + 1}: training loss is {train_loss}; the run diverged, lower --lr "
                                 f"(was {args.lr:g}) or lengthen --warmup-epochs; {kept}")
+            share_buffers(model)
             test_loss, test_acc, matrix = evaluate(fast, test_loader, normalise, len(splits.classes), device, autocast)
             metrics.append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                                 test_acc=test_acc, lr=lr, seconds=time.perf_counter() - t0))
@@ -341,10 +344,11 @@ def train(args):
                 ckpt = training_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch + 1, metrics=metrics,
                                            best_acc=best_acc, args=args, commit=commit)
                 writer.save(ckpt, *([last, best] if is_best else [last]))
+                saved = epoch + 1  # on disk once the writer is closed
                 write_text(results / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     except KeyboardInterrupt:
         writer.close()
-        done = f"epoch {len(metrics)} is saved in {last}; continue with: python train.py --resume {last}"
+        done = f"epoch {saved} is saved in {last}; continue with: {resume_command}"
         log(f"\ninterrupted: {done if last.exists() else 'no epoch finished, nothing was saved'}")
         raise SystemExit(130)
     finally:  # files once per session (also after an interruption or a divergence), from the epochs so far
@@ -354,7 +358,7 @@ def train(args):
             if matrix is not None:
                 plots.plot_confusion(matrix.tolist(), splits.classes, results / "confusion_matrix.png", len(metrics))
     if end < args.epochs:
-        log(f"stopped after epoch {end} of {args.epochs}; continue with: python train.py --resume {last}")
+        log(f"stopped after epoch {end} of {args.epochs}; continue with: {resume_command}")
     elif metrics:
         log(f"done: best test accuracy {best_acc:.4f}; checkpoints {last} and {best}, results in {results}/")
     return metrics

@@ -157,3 +157,24 @@ def test_ctrl_c_while_torch_save_writes_is_a_keyboard_interrupt(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint({"w": torch.zeros(10_000)}, tmp_path / "cache.pt")
     assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_while_copying_keeps_the_checkpoint_still_waiting(tmp_path, monkeypatch):
+    """While the disk lags, a newer save replaces a copy still waiting; Ctrl-C during the newer one's copy left
+    neither, so the file on disk was older than the epoch train.py said it had saved."""
+    import threading
+    release, real_save = threading.Event(), vit.checkpoint.save_checkpoint
+    monkeypatch.setattr(vit.checkpoint, "save_checkpoint", lambda obj, path: release.wait() and real_save(obj, path))
+    writer = CheckpointWriter()
+    writer.save({"epoch": 1}, tmp_path / "last.pt")  # being written (held back by the event)
+    writer.save({"epoch": 2}, tmp_path / "last.pt")  # waiting for the writer
+
+    def interrupted(obj, devices=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vit.checkpoint, "cpu_copy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.save({"epoch": 3}, tmp_path / "last.pt")
+    release.set()
+    writer.close()
+    assert torch.load(tmp_path / "last.pt")["epoch"] == 2

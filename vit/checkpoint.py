@@ -77,10 +77,16 @@ class CheckpointWriter:
 
     def save(self, obj, *paths):
         with self.lock:  # a copy still waiting for these paths is outdated: free its memory before copying again
-            for path in paths:
-                self.pending.pop(Path(path), None)
+            outdated = {Path(p): self.pending.pop(Path(p)) for p in paths if Path(p) in self.pending}
         devices = set()
-        copy = cpu_copy(obj, devices)
+        try:
+            copy = cpu_copy(obj, devices)
+        except BaseException:  # interrupted (Ctrl-C) while copying: the outdated copies are the newest whole ones
+            with self.lock:
+                for path, waiting in outdated.items():
+                    self.pending.setdefault(path, waiting)
+            raise
+        del outdated
         copied = [torch.cuda.current_stream(d).record_event() for d in devices]  # the copies are done at these
         with self.lock:
             self.pending.update((Path(p), (copy, copied)) for p in paths)

@@ -25,6 +25,14 @@ def all_reduce(t):
     return t
 
 
+def share_buffers(module):
+    """Rank 0's buffers (batch norm's running statistics) in every process: DDP sends them at the start of each
+    training step, so after an epoch each process holds its own; all then evaluate the model rank 0 saves."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def is_master():
     """True in the process that prints and writes files (rank 0, or the only process; before the process group
     exists, as torchrun's environment says)."""
