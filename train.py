@@ -228,10 +228,10 @@ def train(args):
         overrides = {k: getattr(args, k) for k in SHAPE_FLAGS if getattr(args, k) is not None}
         try:
             model = build_model(args.model, num_classes=len(splits.classes), image_size=args.image_size,
-                                pretrained=args.pretrained or False, drop_path=args.drop_path, **overrides)
+                                pretrained=args.pretrained or False, classes=splits.classes, drop_path=args.drop_path,
+                                **overrides)
         except ValueError as e:
             raise UserError(f"--image-size/--patch-size/--num-layers/--stem: {e}") from None
-        model.classes = splits.classes
     make_folders(last.parent, results)  # after every check of the flags, before the long work: decoding, training
     model.to(device)
     trained = model.head if args.freeze else model

@@ -324,3 +324,18 @@ def test_a_hybrids_plain_state_dict_names_its_model_and_what_to_change(tmp_path)
     with pytest.raises(UserError, match=r"they are 192 wide: build vit_ti_16 with patch_size=8, num_layers=1, stem="
                                         r"'conv' \(--model vit_ti_16 --patch-size 8 --num-layers 1 --stem conv\)$"):
         build_model("vit_s_16", num_classes=2, pretrained=path, patch_size=8, num_layers=1, stem="conv")
+
+
+def test_a_pretrained_head_is_kept_only_for_the_same_class_names(tmp_path):
+    """--pretrained RUN.pt on data of other classes, as many: the run's head scored burger as its pizza."""
+    from vit.checkpoint import model_checkpoint, save_checkpoint
+    source = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1)
+    torch.nn.init.normal_(source.head.weight)
+    source.classes = ["pizza", "steak"]
+    save_checkpoint(model_checkpoint(source), tmp_path / "run.pt")
+    for classes, kept in ((["pizza", "steak"], True), (["burger", "pizza"], False), (None, True)):
+        model = build_model("vit_ti_16", num_classes=2, pretrained=tmp_path / "run.pt", classes=classes, patch_size=8,
+                            num_layers=1)
+        assert torch.equal(model.head.weight, source.head.weight) == kept, classes
+        assert model.classes == (classes or source.classes) and torch.equal(model.blocks[0].mlp.fc1.weight,
+                                                                              source.blocks[0].mlp.fc1.weight)

@@ -246,8 +246,9 @@ def model_config(name, **overrides):
     return dict(config, **overrides)
 
 
-def build_model(name, *, num_classes=1000, image_size=None, pretrained=False, **overrides):
-    """A Table 1 model by name; pretrained=True for torchvision's weights, or a path to a weights file.
+def build_model(name, *, num_classes=1000, image_size=None, pretrained=False, classes=None, **overrides):
+    """A Table 1 model by name; pretrained=True for torchvision's weights, or a path to a weights file. `classes`
+    (names, num_classes of them) keeps a pretrained head only where the weights name the same classes in order.
 
     overrides take torchvision's argument names (patch_size, num_layers, num_heads, hidden_dim,
     mlp_dim) plus dropout, attention_dropout, drop_path and stem ("patch", or "conv" for Sec. 3.1's hybrid).
@@ -266,5 +267,7 @@ def build_model(name, *, num_classes=1000, image_size=None, pretrained=False, **
     model = VisionTransformer(image_size=image_size, num_classes=num_classes, **config)
     model.name = name
     if source:
-        weights.load_pretrained(model, source)
+        weights.load_pretrained(model, source, classes)
+    if classes is not None:
+        model.classes = list(classes)
     return model

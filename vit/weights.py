@@ -224,13 +224,15 @@ def _what_fits(state, own):
     return "build the model these weights are for (--model NAME, or the flags its run was trained with)"
 
 
-def load_pretrained(model, pretrained):
-    """Copy weights into `model`: strict, except a head of another size is left freshly initialised."""
+def load_pretrained(model, pretrained, classes=None):
+    """Copy weights into `model`: strict, except a head of another size, or (given the model's class names) one for
+    other class names, is left freshly initialised (a run's head of 3 classes would score another's 3 as its own)."""
     state = dict(pretrained.state_dict)
     own = model.state_dict()
     if "embed.pos_embed" in state and state["embed.pos_embed"].shape[-1] == own["embed.pos_embed"].shape[-1]:
         state["embed.pos_embed"] = interpolate_pos_embed(state["embed.pos_embed"], model.grid_size)
-    new_head = "head.weight" in state and state["head.weight"].shape != own["head.weight"].shape
+    other = classes is not None and pretrained.classes is not None and list(pretrained.classes) != list(classes)
+    new_head = "head.weight" in state and (state["head.weight"].shape != own["head.weight"].shape or other)
     if new_head:
         del state["head.weight"], state["head.bias"]
     missing = [k for k in own if k not in state and not (new_head and k.startswith("head."))]
