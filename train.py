@@ -306,7 +306,7 @@ def train(args):
 
     commit = git_commit()  # once per session, not per checkpoint
     n_params = sum(p.numel() for p in model.parameters())
-    source = f"pretrained {args.pretrained}" if args.pretrained else "from scratch"
+    source = f"pretrained {getattr(model, 'weights_from', args.pretrained)}" if args.pretrained else "from scratch"
     log(f"model: {args.model} {model.image_size}px patch {model.patch_size}, {n_params / 1e6:.2f}M parameters, "
         f"{source}, training {'the head only' if args.freeze else 'all weights'}")
     processes = f" x {world} processes" if world > 1 else ""

@@ -105,6 +105,7 @@ def test_pretrained_true_loads_from_torch_home_without_network(tmp_path, monkeyp
     renamed = vit.weights.from_torchvision(tv.state_dict())
     assert all(torch.equal(ours[k], v) for k, v in renamed.items() if not k.startswith("head."))
     assert model.head.out_features == 3 and model.classes is None
+    assert model.weights_from == "torchvision ViT_B_16_Weights.IMAGENET1K_V1"  # what train.py's log names
     assert model.preprocess == dict(resize_size=256, crop_size=224, mean=[0.485, 0.456, 0.406],
                                     std=[0.229, 0.224, 0.225], interpolation="bilinear")
     full = build_model("vit_b_16", pretrained=True)  # 1000 classes: the head and class names come along

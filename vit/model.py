@@ -268,6 +268,7 @@ def build_model(name, *, num_classes=1000, image_size=None, pretrained=False, cl
     model.name = name
     if source:
         weights.load_pretrained(model, source, classes)
+        model.weights_from = source.source  # e.g. "torchvision ViT_B_16_Weights.IMAGENET1K_V1", or the file
     if classes is not None:
         model.classes = list(classes)
     return model
