@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vit import build_model  # noqa: E402
+from vit import build_model, list_models  # noqa: E402
 import vit.checkpoint  # noqa: E402
 from vit.checkpoint import CheckpointWriter, model_checkpoint, save_checkpoint  # noqa: E402
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--model", default="vit_b_16")
+parser.add_argument("--model", default="vit_b_16", choices=list_models())
 parser.add_argument("--repeats", type=int, default=3)
 parser.add_argument("--dir", default=None, help="where to write (a temporary folder)")
 args = parser.parse_args()

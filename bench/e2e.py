@@ -30,6 +30,10 @@ parser.add_argument("--no-checkpoint", action="store_true", help="write no check
 args, train_args = parser.parse_known_args()
 train_args = [a for a in train_args if a != "--"]
 run = train.parse_args(train_args)
+if run.resume:  # its images and name are the checkpoint's, not these flags'
+    sys.exit("e2e.py: time a new run, not --resume (the images counted would be the default --data's)")
+if args.alone and not os.path.isfile(args.alone):  # said before the run, not after it
+    sys.exit(f"e2e.py: {args.alone}: no such file; write it with bench/gpu.py --json")
 splits = data.find_splits(data.resolve_data(run.data))
 n_train, n_test = (sum(data.is_image(p) for p in data.list_files(d)) for d in (splits.train_dir, splits.test_dir))
 

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import forward_flops, make, timed  # noqa: E402
-from vit.model import SHAPE_FLAGS  # noqa: E402
+from vit.model import SHAPE_FLAGS, list_models  # noqa: E402
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--models", nargs="+", default=["vit_b_16", "vit_ti_16"])
-parser.add_argument("--impls", nargs="+", default=["ours", "torchvision", "timm"])
+parser.add_argument("--models", nargs="+", default=["vit_b_16", "vit_ti_16"], choices=list_models())
+parser.add_argument("--impls", nargs="+", default=["ours", "torchvision", "timm"],
+                    choices=("ours", "torchvision", "timm"))
 parser.add_argument("--batch", type=int, default=128)
 parser.add_argument("--image-size", type=int, default=224)
 parser.add_argument("--patch-size", type=int, help="override the size's patch (ours and torchvision)")
@@ -46,6 +47,8 @@ parser.add_argument("--device", default="cuda", help="cpu only to smoke-test thi
 args = parser.parse_args()
 
 device = torch.device(args.device)
+if device.type == "cuda" and not torch.cuda.is_available():
+    sys.exit("gpu.py: no CUDA GPU here; --device cpu smoke-tests the script")
 overrides = {k: getattr(args, k) for k in SHAPE_FLAGS if getattr(args, k) is not None}
 sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 torch.backends.cuda.matmul.allow_tf32 = True

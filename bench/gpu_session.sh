@@ -8,6 +8,8 @@
 set -u
 if [ $# -ne 2 ]; then echo "usage: bash bench/gpu_session.sh PHOTOS OUT" >&2; exit 2; fi
 PHOTOS=$1 OUT=$2
+trap 'exit 130' INT TERM  # Ctrl-C ends the session, not only the step under its own timeout
+python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' || { echo "needs a CUDA GPU" >&2; exit 2; }
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 import vit.augment  # noqa: E402
-from vit import build_model  # noqa: E402
+from vit import build_model, list_models  # noqa: E402
 from vit.data import Decoded, MixupCutmix  # noqa: E402
 from vit.device import mixed_precision  # noqa: E402
 from vit.optim import adamw_warmup_cosine  # noqa: E402
@@ -55,11 +55,11 @@ class Counter(TorchDispatchMode):
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--device", default="cpu")
-parser.add_argument("--model", default="vit_ti_16")
+parser.add_argument("--model", default="vit_ti_16", choices=list_models())
 parser.add_argument("--image-size", type=int, default=32)
 parser.add_argument("--patch-size", type=int, default=16)
 parser.add_argument("--num-layers", type=int)
-parser.add_argument("--stem", default="patch")
+parser.add_argument("--stem", default="patch", choices=("patch", "conv"))
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--trivial-augment", type=float, default=0.0)
 parser.add_argument("--mixup", type=float, default=1.0)
