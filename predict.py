@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vit import build_model
-from vit.checkpoint import model_flags, model_from_checkpoint
+from vit.checkpoint import flags_of, model_from_checkpoint
 from vit.data import (CACHE_DIR, class_folders, decode_many, eval_images, eval_normalise, eval_transform, is_image,
                       list_files, load_split, non_image_note, split_folder)
 from vit.device import pick_device
@@ -90,8 +90,8 @@ def load_model(args):
     elif is_checkpoint(obj := safe_load(args.pretrained)):  # as train.py's --pretrained RUN.pt takes it
         model, label = model_from_checkpoint(dict(obj, path=args.pretrained)), args.pretrained
     else:  # weights: the Table 1 model of their shapes; a copy of torchvision's brings ImageNet's classes
+        flags = flags_of(obj)  # from the file as loaded, not read again
         del obj  # build_model reads the file itself: not two copies of the weights at once
-        flags = model_flags(args.pretrained)
         try:
             model = build_model(flags.pop("model", "vit_b_16"), pretrained=args.pretrained, **flags)
         except ValueError as e:

@@ -137,9 +137,13 @@ def model_flags(path):
     """train.py's model flags (model, patch_size, num_layers, stem) for the weights in `path`, so that --pretrained
     PATH builds their model: a checkpoint's own, else the Table 1 model of a state dict's shapes; or {}."""
     try:  # mapped, not read: build_model loads the weights next (and names what is wrong with a bad file)
-        obj = safe_load(path, mmap=True)
+        return flags_of(safe_load(path, mmap=True))
     except UserError:
         return {}
+
+
+def flags_of(obj):
+    """model_flags of a file already loaded (safe_load)."""
     if not is_checkpoint(obj):
         return table1_flags(from_torchvision(obj) if isinstance(obj, dict) and "conv_proj.weight" in obj else obj)
     model = obj.get("model")

@@ -270,6 +270,7 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
     split_dir = Path(split_dir)
     files = [(label, p) for label, name in enumerate(classes) for p in list_files(split_dir / name)]
     images = [(label, p) for label, p in files if is_image(p)]
+    non_images = non_image_note([p for _, p in files])  # from the folder as it is now, also for a cache's images
     per_image = 3 * size * size * 4 // 3  # bytes of a decoded 4:3 photo
     cache = None
     if cache_dir is not None:  # one cache per (folder, classes, size), named for the images' sizes, times and inodes
@@ -278,7 +279,7 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
         cache = Path(cache_dir) / f"{digest(folder)}-{digest(repr(stats))}.pt"
         if cache.exists():
             try:
-                return replace(read_cache(cache, split_dir), non_images=non_image_note([p for _, p in files]))
+                return replace(read_cache(cache, split_dir), non_images=non_images)
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError):
                 pass  # unreadable cache: decode again and overwrite it
     memory = physical_memory()
@@ -286,7 +287,7 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
         print(f"warning: {split_dir}: {len(images)} images take about {len(images) * per_image / 2**30:.1f} GiB once "
               f"decoded, all kept in memory (this machine has {memory / 2**30:.1f} GiB); if the run is killed, use "
               "fewer images or a smaller image size", file=sys.stderr)
-    out, parts = Decoded([], [], [], non_images=non_image_note([p for _, p in files])), []
+    out, parts = Decoded([], [], [], non_images=non_images), []
     step = max(1, PART_BYTES // per_image)
     for first in range(0, len(images), step):  # one part in memory at a time
         part = images[first:first + step]

@@ -65,9 +65,9 @@ def plot_confusion(matrix, classes, path, epoch=None, counted=30, named=60):
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     axes = ("predicted", "true")
     if n <= named:
-        font = 10 if n <= counted else 6
-        ax.set_xticks(range(n), short(classes), rotation=45, ha="right", fontsize=font)
-        ax.set_yticks(range(n), short(classes), fontsize=font)
+        font, names = 10 if n <= counted else 6, short(classes)
+        ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=font)
+        ax.set_yticks(range(n), names, fontsize=font)
     else:  # matplotlib's own ticks: class indices, in the order of the class list
         axes = tuple(f"{name} (class index)" for name in axes)
     after = f"after epoch {epoch}, " if epoch else ""
