@@ -8,7 +8,8 @@ checkpoint out). Prints one markdown row: the run's name, those seconds, their m
 (the first also warms up; the last is not timed, as the run's end follows it), images/s over the training and test
 images, and, with --alone (the file `bench/gpu.py --json` wrote for the same model and batch), the share of the
 time the model alone would take for those images (training images / its training img/s + test images / its
-inference img/s). --no-checkpoint skips the checkpoints, to see what they cost.
+inference img/s). --no-checkpoint skips the checkpoints, to see what they cost (train.py's lines still name
+them; they are not written).
 """
 import argparse
 import json
@@ -49,6 +50,8 @@ def timed_epoch(*a, **kw):
 
 train.train_epoch = timed_epoch
 train.main(train_args)
+if args.no_checkpoint:
+    print("e2e.py: --no-checkpoint: the checkpoints named above were not written")
 seconds = [b - a for a, b in zip(starts, starts[1:])]
 if len(seconds) < 2:
     sys.exit("e2e.py: give --epochs 3 or more (the first epoch warms up, the last is not timed)")

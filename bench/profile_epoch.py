@@ -2,8 +2,8 @@
 
     python bench/profile_epoch.py [--epoch K] [--rows N] -- TRAIN_ARGS...
 
-Runs `train.py TRAIN_ARGS` unchanged, except that the training pass of epoch K (default: the last)
-runs under torch.profiler and, on CUDA, under sync debug mode "warn". Prints the operators with the
+Runs `train.py TRAIN_ARGS` unchanged, except that the training pass of epoch K (counted as train.py counts
+them, also with --resume; default: the session's last, --stop-after included) runs under torch.profiler and, on CUDA, under sync debug mode "warn". Prints the operators with the
 most self time, the share of the epoch's wall time the GPU was busy, and each line of train.py or
 vit/ that synchronised with the GPU, with its count (a step should have none: the loss and accuracy
 sums are read once per epoch).
@@ -25,13 +25,13 @@ import train  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--epoch", type=int, help="the epoch to profile, from 1 (default: the last)")
+parser.add_argument("--epoch", type=int, help="the epoch to profile, from 1 (default: the session's last)")
 parser.add_argument("--rows", type=int, default=20, help="operators to list")
 args, train_args = parser.parse_known_args()
 train_args = [a for a in train_args if a != "--"]
-target = args.epoch or train.parse_args(train_args).epochs
+stop_after = train.parse_args(train_args).stop_after
 cuda = torch.cuda.is_available()
-original, epochs, syncs = train.train_epoch, [], collections.Counter()
+original, epochs, syncs = train.train_epoch, [], collections.Counter()  # epochs: (K, N) of "epoch K/N" so far
 
 
 def our_frame():
@@ -50,9 +50,17 @@ def record_sync(message, category, *rest, **kwargs):
         print(warnings.formatwarning(message, category, *rest[:2]), file=sys.stderr, end="")
 
 
+def session_target(total):
+    """The epoch to profile: --epoch, else the session's last (a resumed session starts at its first epoch)."""
+    first = epochs[0][0]
+    return args.epoch or (min(total, first + stop_after - 1) if stop_after else total)
+
+
 def profiled_epoch(*a, **kw):
-    epochs.append(1)
-    if len(epochs) != target:
+    epoch, total = map(int, kw["desc"].split()[1].split("/"))  # train.py's progress label, "epoch K/N"
+    epochs.append((epoch, total))
+    target = session_target(total)
+    if epoch != target:
         return original(*a, **kw)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     if cuda:
@@ -84,3 +92,6 @@ def profiled_epoch(*a, **kw):
 
 train.train_epoch = profiled_epoch
 train.main(train_args)
+if epochs and session_target(epochs[-1][1]) not in [k for k, _ in epochs]:
+    sys.exit(f"profile_epoch.py: epoch {session_target(epochs[-1][1])} did not run in this session "
+             f"(it ran epochs {epochs[0][0]}..{epochs[-1][0]}); give --epoch K within them")

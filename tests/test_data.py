@@ -281,11 +281,15 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     third = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
     assert third.images[0][:, 0, 0].tolist() == [0, 255, 0] and not third.cached
     assert earlier < set(cache.glob("*.pt"))  # kept: a run may still use it (its spawned workers map its files)
-    for path in earlier:  # unused for two days: the next cache of this folder deletes it
+    old_format = {cache / f"{'ab12' * 5}{end}.pt" for end in ("", "-0")}  # an index and part of CACHE_VERSION 2
+    other = cache / f"{'ab12' * 5}-notes.pt"  # not a cache's name: kept
+    for path in earlier | old_format | {other}:  # unused for two days: the next cache of this folder deletes it
+        path.touch()
         os.utime(path, (time.time() - 2 * 86_400,) * 2)
     write_image(split / "b" / "new.png")
     data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
-    assert len(set(cache.glob("*.pt"))) == 4 and not earlier & set(cache.glob("*.pt"))
+    assert len(set(cache.glob("*.pt"))) == 5 and not (earlier | old_format) & set(cache.glob("*.pt"))
+    assert other.exists()
 
 
 def mapped_files():

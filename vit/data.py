@@ -7,6 +7,7 @@ optionally cached on disk (and then memory-mapped from there), and augmented per
 import hashlib
 import os
 import pickle
+import re
 import shutil
 import sys
 import tempfile
@@ -17,7 +18,7 @@ import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from itertools import repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -327,11 +328,14 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
 
 
 def remove_stale(cache):
-    """Delete the caches of the same folder, classes and size as `cache` (of the folder's earlier contents) that no
-    run has written or read for STALE seconds: a run that maps one, or is about to (its spawned workers map the
-    files themselves), or is still writing one, keeps it."""
+    """Delete the caches of the same folder, classes and size as `cache` (of the folder's earlier contents), and
+    those written before CACHE_VERSION 3 (named 'HEX.pt' and 'HEX-N.pt'), that no run has written or read for STALE
+    seconds: a run that maps one, or is about to (its spawned workers map the files themselves), or is still
+    writing one, keeps it."""
     now = time.time()
-    for path in cache.parent.glob(f"{cache.name.split('-')[0]}-*.pt"):
+    earlier = cache.parent.glob(f"{cache.name.split('-')[0]}-*.pt")
+    older = (p for p in cache.parent.glob("*.pt") if re.fullmatch(r"[0-9a-f]{20}(-\d+)?\.pt", p.name))
+    for path in chain(earlier, older):
         if not path.name.startswith(cache.stem):  # not this cache's index or parts
             try:
                 if now - path.stat().st_mtime > STALE:
