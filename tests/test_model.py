@@ -4,13 +4,15 @@ import pickle
 import re
 import time
 import urllib.error
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from PIL import Image
-from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
+from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer as TorchvisionViT
+from torchvision.models.vision_transformer import interpolate_embeddings
 
 import vit.weights
 from vit import UserError, build_model, list_models
@@ -211,16 +213,23 @@ def test_weights_for_another_model_name_the_keys(tmp_path):
 
 
 def test_position_embeddings_follow_the_image_size(tmp_path):
-    tv = randomise(TorchvisionViT(**SMALL))
+    """Sec. 3.2: at another image size the pretrained position embeddings are interpolated over the patch grid as
+    torchvision's interpolate_embeddings does (bicubic, corners aligned), so the model is still torchvision's."""
+    tv = randomise(TorchvisionViT(**SMALL, num_classes=5))
     path = tmp_path / "small.pth"
     torch.save(tv.state_dict(), path)
-    same = build_model("vit_b_16", pretrained=path, **SMALL)
+    same = build_model("vit_b_16", num_classes=5, pretrained=path, **SMALL)
     assert torch.equal(same.embed.pos_embed, tv.encoder.pos_embedding)
-    bigger = build_model("vit_b_16", pretrained=path, **dict(SMALL, image_size=96)).eval()
-    assert bigger.embed.pos_embed.shape == (1, 12 * 12 + 1, 96)
-    assert torch.equal(bigger.embed.pos_embed[:, 0], tv.encoder.pos_embedding[:, 0])
-    assert bigger.preprocess["crop_size"] == 96
-    assert bigger(torch.randn(1, 3, 96, 96)).shape == (1, 1000)
+    for size in (96, 40):  # 8 x 8 patches to 12 x 12, and to 5 x 5
+        model = build_model("vit_b_16", num_classes=5, pretrained=path, **dict(SMALL, image_size=size)).eval()
+        expected = interpolate_embeddings(size, 8, OrderedDict(tv.state_dict()))
+        assert model.embed.pos_embed.shape == (1, (size // 8) ** 2 + 1, 96) and model.preprocess["crop_size"] == size
+        assert (model.embed.pos_embed - expected["encoder.pos_embedding"]).abs().max() <= 1e-6
+        theirs = TorchvisionViT(**dict(SMALL, image_size=size), num_classes=5).eval()
+        theirs.load_state_dict(expected)
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            assert (model(x) - theirs(x)).abs().max() <= 1e-5
 
 
 def test_vit_b_16_from_224_to_384(tmp_path):
@@ -307,6 +316,26 @@ def test_conv_stem_hybrid_builds_saves_and_refuses_patch_weights(tmp_path):
     assert old.embed.grid_size == 1
     with pytest.raises(ValueError, match="power-of-two patch_size"):
         build_model("vit_ti_16", image_size=36, patch_size=12, stem="conv")
+
+
+def test_conv_stem_is_torchvisions_conv_stem_configs():
+    """The hybrid's stem (Xiao et al. 2021) computes what torchvision's VisionTransformer(conv_stem_configs=...)
+    does with the same weights, with batch statistics (training) and running ones (evaluation)."""
+    ours = build_model("vit_ti_16", num_classes=5, image_size=32, patch_size=8, num_layers=1, stem="conv")
+    widths = [m.out_channels for m in ours.embed.stem.layers if isinstance(m, torch.nn.Conv2d)]
+    tv = randomise(TorchvisionViT(32, 8, 1, 3, 192, 768, num_classes=5,
+                                  conv_stem_configs=[ConvStemConfig(w, 3, 2) for w in widths]))
+    renamed = {}
+    for key, value in tv.state_dict().items():  # conv_bn_relu_I.J -> stem.layers.(3I + J), conv_last -> proj
+        key = re.sub(r"^conv_proj\.conv_bn_relu_(\d+)\.(\d)\.",
+                     lambda m: f"embed.stem.layers.{3 * int(m.group(1)) + int(m.group(2))}.", key)
+        renamed[re.sub(r"^conv_proj\.conv_last\.", "embed.proj.", key)] = value
+    ours.load_state_dict(vit.weights.from_torchvision(renamed))
+    x = torch.randn(4, 3, 32, 32)
+    for training in (True, False):
+        tv.train(training), ours.train(training)
+        with torch.no_grad():
+            assert (tv(x) - ours(x)).abs().max() <= 1e-5, training
 
 
 def test_a_hybrids_plain_state_dict_names_its_model_and_what_to_change(tmp_path):

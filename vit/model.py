@@ -3,7 +3,8 @@
 Read top to bottom: Eq. 1 (patch embedding, or Sec. 3.1's hybrid conv stem), the encoder block of Eq. 2-3 built from
 multi-head self-attention and an MLP, Eq. 4 (class-token head), then the sizes of Table 1.
 Parameter names are our own; vit/weights.py maps torchvision's names onto them, and the
-initialisation follows torchvision's so that both models are the same function of their weights.
+initialisation follows torchvision's (except the conv stem's 3x3 convolutions: He-normal, where torchvision keeps
+PyTorch's default), and both models are the same function of their weights.
 """
 import math
 
@@ -73,8 +74,8 @@ def patches(x, k):
 
 
 class ConvStem(nn.Module):
-    """Sec. 3.1, hybrid architecture: a small CNN (stride-2 3x3 convolutions, Xiao et al. 2021) turns the
-    image into a feature map with one position per patch; for training from scratch on little data."""
+    """Sec. 3.1, hybrid architecture, with a small CNN (stride-2 3x3 convolutions, Xiao et al. 2021; the paper's
+    hybrids use a ResNet-50) that turns the image into a feature map with one position per patch."""
 
     def __init__(self, patch_size, hidden_dim):
         super().__init__()
@@ -168,7 +169,8 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT, Eq. 1-4: patch embedding, L encoder blocks, y = LN(z_L^0), then a linear head."""
+    """ViT, Eq. 1-4: patch embedding, L encoder blocks, y = LN(z_L^0), then a linear head (the paper's fine-tuning
+    head, Sec. 3.1; the MLP head it pre-trains with is not built, as in torchvision's weights)."""
 
     def __init__(self, image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim,
                  num_classes=1000, dropout=0.0, attention_dropout=0.0, drop_path=0.0, stem="patch"):
@@ -184,7 +186,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(hidden_dim, num_heads, mlp_dim, dropout, attention_dropout, r) for r in rates)
         self.norm = nn.LayerNorm(hidden_dim, eps=1e-6)
-        self.head = nn.Linear(hidden_dim, num_classes)  # Eq. 4's classifier, zero-initialised
+        self.head = nn.Linear(hidden_dim, num_classes)  # the classifier on y, zero-initialised (Sec. 3.2)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 

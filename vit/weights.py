@@ -159,13 +159,14 @@ def _meta_of_file(name, path, state_dict):
 
 
 def interpolate_pos_embed(pos_embed, grid_size):
-    """Resize (1, 1 + g*g, D) position embeddings to a new patch grid; the class token's is kept aside."""
+    """Sec. 3.2: resize (1, 1 + g*g, D) position embeddings to a new patch grid, bicubic with the corner patches'
+    embeddings kept (align_corners, as torchvision's interpolate_embeddings); the class token's is kept aside."""
     old = math.isqrt(pos_embed.shape[1] - 1)
     if old == grid_size:
         return pos_embed
     cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
     grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=(grid_size, grid_size), mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid.float(), size=(grid_size, grid_size), mode="bicubic", align_corners=True)
     grid = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, -1).to(pos_embed.dtype)
     return torch.cat([cls, grid], dim=1)
 
