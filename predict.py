@@ -35,7 +35,7 @@ from vit.data import (CACHE_DIR, class_folders, decode_many, eval_images, eval_n
                       list_files, load_split, non_image_note, split_folder)
 from vit.device import pick_device
 from vit.errors import UserError, bounded, printable_output
-from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure
+from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure, token_shift
 from vit.files import write_text
 from vit.metrics import classification_report, evaluate, format_report
 from vit.plots import FORMATS, figure_format, plot_confusion
@@ -59,7 +59,8 @@ def parse_args(argv):
     parser.add_argument("--json", action="store_true",
                         help="print JSON instead of tables: one object per image, and one for --evaluate")
     parser.add_argument("--save", help=f"figure path (one image) or folder (default {OUT_DIR})")
-    parser.add_argument("--explain", action="store_true", help="also save the attention rollout over the photo")
+    parser.add_argument("--explain", action="store_true",
+                        help="also save the attention rollout over the model's input (the photo's centre crop)")
     parser.add_argument("--no-figures", action="store_true",
                         help="no figure per image, only the table or JSON and predictions.csv (large folders)")
     parser.add_argument("--evaluate", metavar="ROOT", help="labelled folder to measure accuracy on")
@@ -267,7 +268,7 @@ def run(args):
         if attn_map is not None:
             title = f"{names[0]} ({top_probs[0]:.1%})"
             saved.append(attention_path(figures[path]))
-            save_attention_figure(view, attn_map, title, saved[-1])
+            save_attention_figure(view, attn_map, title, saved[-1], token_shift(model))
     if saved:  # on stderr, so that --json's output stays one object per line
         where = " and ".join(map(str, saved)) if len(rows) == 1 else f"{len(saved)} figures in {out_dir}/"
         print(f"saved {where}", file=sys.stderr)

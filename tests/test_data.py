@@ -17,6 +17,7 @@ import torchvision
 from PIL import Image
 
 import vit.data as data
+import vit.weights
 from vit.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,9 +282,11 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     third = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
     assert third.images[0][:, 0, 0].tolist() == [0, 255, 0] and not third.cached
     assert earlier < set(cache.glob("*.pt"))  # kept: a run may still use it (its spawned workers map its files)
-    old_format = {cache / f"{'ab12' * 5}{end}.pt" for end in ("", "-0")}  # an index and part of CACHE_VERSION 2
-    other = cache / f"{'ab12' * 5}-notes.pt"  # not a cache's name: kept
-    for path in earlier | old_format | {other}:  # unused for two days: the next cache of this folder deletes it
+    hexes = "ab12" * 5, "cd34" * 5  # indexes and parts of other CACHE_VERSIONs, of any folder: never read again
+    old_format = {cache / f"{name}{end}.pt" for name in (hexes[0], "-".join(hexes), "v2-" + "-".join(hexes))
+                  for end in ("", "-0")}  # version 2, 3, and one written as 'v2-...'
+    other = cache / f"{hexes[0]}-notes.pt"  # not a cache's name: kept
+    for path in earlier | old_format | {other}:  # unused for two days: the next cache of this folder deletes them
         path.touch()
         os.utime(path, (time.time() - 2 * 86_400,) * 2)
     write_image(split / "b" / "new.png")
@@ -306,7 +309,7 @@ def test_cached_images_are_memory_mapped_in_parts(tmp_path, monkeypatch):
     plain = data.load_split(split, ["a", "b"], size=8)
     monkeypatch.setattr(data, "PART_BYTES", 2 * 3 * 8 * 8 * 4 // 3)  # two images per part
     decoded = [data.load_split(split, ["a", "b"], size=8, cache_dir=cache) for _ in range(2)]  # decoded, then read
-    parts = sorted(str(p) for p in cache.glob("*-*-*.pt"))
+    parts = sorted(str(p) for p in cache.glob("v*-*-*-*.pt"))
     assert len(parts) == 3 and set(parts) <= mapped_files()
     for d in decoded:
         assert d.paths == plain.paths and d.labels == plain.labels
@@ -388,6 +391,25 @@ def test_train_transform_shape_and_dtype():
     assert not torch.equal(outputs[0], outputs[1])  # random
     pil = Image.new("RGB", (30, 20), (10, 20, 30))
     assert transform(pil).shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("size", [(640, 427), (427, 640), (300, 299), (1000, 667), (500, 333)])
+def test_decoded_eval_crop_equals_the_pretrained_weights_own_transforms(tmp_path, size):
+    """decode + eval_transform of a photo is exactly what ViT_B_16_Weights.IMAGENET1K_V1.transforms() makes of it:
+    the longer side truncated as torchvision's Resize computes it (640 x 427 -> 383 x 256; rounding gave 384, a
+    crop resampled half a pixel off for about half of all photos)."""
+    weights = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1
+    preprocess, _ = vit.weights._meta(weights)
+    small = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels = torch.nn.functional.interpolate(small[None].float(), size=size[::-1], mode="bicubic")[0]
+    path = tmp_path / "photo.png"
+    Image.fromarray(pixels.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+    decoded = data.decode(path, preprocess["resize_size"])
+    long = int(256 * max(size) / min(size))
+    assert tuple(decoded.shape[1:]) == ((long, 256) if size[1] > size[0] else (256, long))
+    with Image.open(path) as image:
+        expected = weights.transforms()(image.convert("RGB"))
+    assert (data.eval_transform(preprocess)(decoded) - expected).abs().max() < 1e-5  # Normalize's order: 1 ulp
 
 
 def test_eval_transform_deterministic_on_tensor_and_pil():

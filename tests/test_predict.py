@@ -568,3 +568,29 @@ def test_rollout_follows_attention_set_by_hand():
     expected = torch.zeros(4, 4)
     expected[1, 2] = 1.0
     assert maps[0] == pytest.approx(expected) and maps[1] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_attention_overlay_puts_each_token_on_its_receptive_fields_centre(stem):
+    """The overlay draws a token's attention where the token looks: the conv stem's token (1, 1) is centred on pixel
+    (8, 8) of a 32 px input with 8 px patches (its receptive field spans pixels 1-15), the patch stem's on its
+    patch's centre (11.5); drawing both at 11.5 shifts the conv stem's map by 3.5 px, half a patch."""
+    from vit.explain import token_shift, upsample
+    torch.manual_seed(0)
+    model = build_model("vit_ti_16", num_classes=3, image_size=32, patch_size=8, num_layers=1, stem=stem).eval()
+    stem_only = model.embed.stem  # the receptive field's centre, measured: |d token (1, 1) / d pixel|
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    tokens = model.embed.proj(stem_only(x)) if stem == "conv" else x[:, :, 8:16, 8:16]
+    (tokens[0, :, 1, 1] if stem == "conv" else tokens).abs().sum().backward()
+    weight = x.grad[0].abs().sum(0)
+    rows, cols = weight.sum(1) / weight.sum(), weight.sum(0) / weight.sum()
+    centre = (rows @ torch.arange(32.0)).item(), (cols @ torch.arange(32.0)).item()
+    expected = 8.0 if stem == "conv" else 11.5
+    assert centre == pytest.approx((expected, expected), abs=0.6)
+    one_hot = torch.zeros(4, 4)
+    one_hot[1, 1] = 1.0
+    heat = torch.from_numpy(upsample(one_hot, (32, 32), token_shift(model)))
+    peak = (heat == heat.max()).nonzero().float().mean(0)  # the peak's centre (two pixels for the patch stem)
+    assert peak.tolist() == pytest.approx([expected, expected])
+    plain = F.interpolate(one_hot[None, None], size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+    assert torch.allclose(torch.from_numpy(upsample(one_hot, (32, 32))), plain / plain.max(), atol=1e-6)

@@ -36,7 +36,8 @@ CACHE_DIR = DATA_DIR / ".cache"  # decoded images (--cache-dir of train.py and p
 DATASETS = {  # names accepted by --data that are downloaded once into data/<name>
     "pizza_steak_sushi": "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi.zip",
 }
-CACHE_VERSION = 3  # bump when decoding or the cache's layout changes, so old caches are not reused
+CACHE_VERSION = 4  # bump when decoding or the cache's layout changes: caches of other versions are never read
+CACHE_NAME = re.compile(r"(?:v(\d+)-)?[0-9a-f]{20}(?:-[0-9a-f]{20})?(?:-\d+)?\.pt")  # an index or part of any version
 UNCACHED = "; the images will be decoded again next time (or choose --cache-dir)"
 STALE = 86_400  # seconds unused after which a cache of a folder's earlier contents is deleted (remove_stale)
 PART_BYTES = 2**28  # decoded images per cache part (256 MiB): what decoding holds in memory at once with a cache
@@ -230,12 +231,16 @@ class Decoded:
 
 
 def decode(path, size):
-    """open_rgb, resize so the shorter side is `size` (aspect kept), return a uint8 tensor (3, H, W)."""
+    """open_rgb, resize so the shorter side is `size` (aspect kept), return a uint8 tensor (3, H, W).
+
+    The longer side is int(size * long / short), truncated as torchvision's Resize computes it (640 x 427 -> 383 x
+    256), so eval_transform's crop is then exactly what the pretrained weights' own transforms() give."""
     image = open_rgb(path)
     w, h = image.size
-    scale = size / min(w, h)
-    if scale != 1:
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    long = max(1, int(size * max(w, h) / min(w, h)))
+    new = (size, long) if w <= h else (long, size)
+    if new != (w, h):
+        image = image.resize(new, Image.Resampling.BILINEAR)
     return v2.functional.pil_to_tensor(image)
 
 
@@ -275,9 +280,9 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
     per_image = 3 * size * size * 4 // 3  # bytes of a decoded 4:3 photo
     cache = None
     if cache_dir is not None:  # one cache per (folder, classes, size), named for the images' sizes, times and inodes
-        folder = repr((CACHE_VERSION, str(split_dir.resolve()), list(classes), size))
+        folder = repr((str(split_dir.resolve()), list(classes), size))
         stats = [(str(p.relative_to(split_dir)), *file_signature(p)) for _, p in images]
-        cache = Path(cache_dir) / f"{digest(folder)}-{digest(repr(stats))}.pt"
+        cache = Path(cache_dir) / f"v{CACHE_VERSION}-{digest(folder)}-{digest(repr(stats))}.pt"
         if cache.exists():
             try:
                 return replace(read_cache(cache, split_dir), non_images=non_images)
@@ -329,13 +334,14 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
 
 def remove_stale(cache):
     """Delete the caches of the same folder, classes and size as `cache` (of the folder's earlier contents), and
-    those written before CACHE_VERSION 3 (named 'HEX.pt' and 'HEX-N.pt'), that no run has written or read for STALE
-    seconds: a run that maps one, or is about to (its spawned workers map the files themselves), or is still
+    those of any folder written by another CACHE_VERSION (never read again), that no run has written or read for
+    STALE seconds: a run that maps one, or is about to (its spawned workers map the files themselves), or is still
     writing one, keeps it."""
     now = time.time()
-    earlier = cache.parent.glob(f"{cache.name.split('-')[0]}-*.pt")
-    older = (p for p in cache.parent.glob("*.pt") if re.fullmatch(r"[0-9a-f]{20}(-\d+)?\.pt", p.name))
-    for path in chain(earlier, older):
+    earlier = cache.parent.glob(f"{cache.name.rsplit('-', 1)[0]}-*.pt")  # v{CACHE_VERSION}-{folder}-*.pt
+    other_versions = [p for p in cache.parent.glob("*.pt")
+                      if (name := CACHE_NAME.fullmatch(p.name)) and name[1] != str(CACHE_VERSION)]
+    for path in chain(earlier, other_versions):
         if not path.name.startswith(cache.stem):  # not this cache's index or parts
             try:
                 if now - path.stat().st_mtime > STALE:

@@ -5,9 +5,9 @@ Figures are drawn on a bare matplotlib Figure (no pyplot, no display needed).
 import math
 
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from vit.model import ConvStem
 from vit.plots import save_figure, short
 
 
@@ -51,10 +51,33 @@ def model_view(tensor, preprocess):
     return (tensor.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def upsample(attn_map, size):
-    """Bilinearly resize a (grid, grid) map to size=(H, W), scaled so its maximum is 1."""
-    heat = F.interpolate(attn_map[None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    return (heat / heat.max().clamp(min=1e-12)).numpy()
+def token_shift(model):
+    """How far, in input pixels, each token's receptive field is centred up and left of its patch's centre: 0 for
+    the patch stem; (patch - 1) / 2 for the conv stem, whose stride-2 3x3 convolutions (padding 1) centre token
+    (i, j) on pixel (patch * i, patch * j), the top-left corner of its patch, not on patch * (i + 1/2) - 1/2."""
+    return (model.patch_size - 1) / 2 if isinstance(getattr(model.embed, "stem", None), ConvStem) else 0.0
+
+
+def _bilinear_weights(n_out, n_in, shift):
+    """(n_out, n_in) weights of a 1-D bilinear resize with edges clamped: F.interpolate's (align_corners=False) at
+    shift 0; shift moves every source sample `shift` output pixels up/left."""
+    y = torch.arange(n_out, dtype=torch.float64)
+    src = ((y + 0.5 + shift) * n_in / n_out - 0.5).clamp(0, n_in - 1)
+    lo = src.floor().long()
+    hi, frac = (lo + 1).clamp(max=n_in - 1), src - lo
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64)
+    weights[torch.arange(n_out), lo] += 1 - frac
+    weights[torch.arange(n_out), hi] += frac
+    return weights
+
+
+def upsample(attn_map, size, shift=0.0):
+    """Bilinearly resize a (grid, grid) map to size=(H, W), scaled so its maximum is 1; each cell drawn on its
+    tokens' receptive-field centre: `shift` pixels (token_shift) up and left of its patch's centre."""
+    attn_map = attn_map.detach().double().cpu()
+    heat = _bilinear_weights(size[0], attn_map.shape[0], shift) @ attn_map @ _bilinear_weights(
+        size[1], attn_map.shape[1], shift).T
+    return (heat / heat.max().clamp(min=1e-12)).float().numpy()
 
 
 def save_prediction_figure(image, names, probs, path):
@@ -77,14 +100,15 @@ def save_prediction_figure(image, names, probs, path):
     save_figure(fig, path)
 
 
-def save_attention_figure(image, attn_map, title, path):
-    """Save the image (H, W, 3) beside it with its attention map upsampled and overlaid."""
+def save_attention_figure(image, attn_map, title, path, shift=0.0):
+    """Save the image (H, W, 3) beside it with its attention map upsampled and overlaid (shift: token_shift of the
+    model, for an image at the model's input size)."""
     fig = Figure(figsize=(7, 3.8), layout="constrained")
     ax_image, ax_overlay = fig.subplots(1, 2)
     ax_image.imshow(image)
     ax_image.set_title("model input")
     ax_overlay.imshow(image)
-    shown = ax_overlay.imshow(upsample(attn_map, tuple(image.shape[:2])), cmap="inferno", alpha=0.55)
+    shown = ax_overlay.imshow(upsample(attn_map, tuple(image.shape[:2]), shift), cmap="inferno", alpha=0.55)
     fig.colorbar(shown, ax=ax_overlay, fraction=0.046, pad=0.04, label="attention (1: the most)")
     ax_overlay.set_title("attention rollout")
     for ax in (ax_image, ax_overlay):
