@@ -149,6 +149,7 @@ def test_crop_boxes_follow_torchvision_distribution():
     n, (H, W) = 4000, (30, 50)
     top, left, h, w = crop_boxes(torch.tensor([[H, W]] * n), (0.35, 1.0), generator=torch.Generator().manual_seed(0))
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= H).all() and (left + w <= W).all()
+    assert ((top + h == H) & (h < H)).any() and ((left + w == W) & (w < W)).any()  # the last offsets drawn too
     torch.manual_seed(0)
     rrc, image = v2.RandomResizedCrop(8, scale=(0.35, 1.0)), torch.zeros(3, H, W)
     ref = torch.tensor([list(rrc.make_params([image]).values()) for _ in range(n)], dtype=torch.float64).T

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 from vit import UserError
 import vit.checkpoint
-from vit.checkpoint import CheckpointWriter, cpu_copy, resumed_args, save_checkpoint
+from vit.checkpoint import (CheckpointWriter, cpu_copy, restore_training, resumed_args, save_checkpoint,
+                            training_checkpoint)
 from vit.data import DATA_DIR
 from vit.files import replace_atomically, write_text
 from vit.plots import save_figure
@@ -178,3 +179,27 @@ def test_ctrl_c_while_copying_keeps_the_checkpoint_still_waiting(tmp_path, monke
     release.set()
     writer.close()
     assert torch.load(tmp_path / "last.pt")["epoch"] == 2
+
+
+def test_resuming_restores_the_optimiser_schedule_and_gradient_scaler(tmp_path):
+    """What --resume needs to go on as if never stopped: the fp16 gradient scaler's scale too (CUDA without bf16;
+    its CPU kind here)."""
+    from vit.model import build_model
+    from vit.optim import adamw_warmup_cosine
+    model = build_model("vit_ti_16", num_classes=2, image_size=16, patch_size=8, num_layers=1)
+    optimizer, scheduler = adamw_warmup_cosine(model, 1e-3, 0.05, warmup=2, total=10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(model(torch.randn(2, 3, 16, 16)).sum()).backward()
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    scaler.update(new_scale=256.0)
+    save_checkpoint(training_checkpoint(model, optimizer, scheduler, scaler, epoch=3, metrics=[{"epoch": 3}],
+                                        best_acc=0.5, args=argparse.Namespace(lr=1e-3), commit=None),
+                    tmp_path / "run.pt")
+    fresh_optimizer, fresh_scheduler = adamw_warmup_cosine(model, 1e-3, 0.05, warmup=2, total=10)
+    fresh_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert restore_training(ckpt, fresh_optimizer, fresh_scheduler, fresh_scaler) == ([{"epoch": 3}], 0.5, 3)
+    assert fresh_scheduler.last_epoch == 3 and fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert fresh_optimizer.state_dict()["state"][0]["step"] == 3 and fresh_scaler.get_scale() == 256.0

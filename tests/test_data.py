@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from torchvision.transforms import v2
 
 import vit.data as data
 import vit.weights
@@ -295,6 +296,16 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     assert other.exists()
 
 
+def test_a_cache_is_per_image_size(tmp_path):
+    """train.py decodes to its --image-size's resize: a run at another size must not read images of the first."""
+    make_tree(tmp_path / "ds", classes=("a", "b"), per_class=1)
+    split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
+    small = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+    large = data.load_split(split, ["a", "b"], size=16, cache_dir=cache)
+    assert not large.cached and [min(im.shape[1:]) for im in small.images + large.images] == [8, 8, 16, 16]
+    assert data.load_split(split, ["a", "b"], size=8, cache_dir=cache).cached  # each size's cache stays
+
+
 def mapped_files():
     """Files this process has memory-mapped (Linux)."""
     return {line.split(maxsplit=5)[-1] for line in Path("/proc/self/maps").read_text().splitlines()
@@ -410,6 +421,19 @@ def test_decoded_eval_crop_equals_the_pretrained_weights_own_transforms(tmp_path
     with Image.open(path) as image:
         expected = weights.transforms()(image.convert("RGB"))
     assert (data.eval_transform(preprocess)(decoded) - expected).abs().max() < 1e-5  # Normalize's order: 1 ulp
+
+
+def test_train_transform_crops_within_its_scale():
+    """scale=(1, 1): RandomResizedCrop's box is the whole square image, so with no TrivialAugment or erasing the
+    output is the image resized, or flipped (a smaller scale would zoom in)."""
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    whole = v2.Compose([v2.Resize(16, antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])(
+        image)
+    transform = data.train_transform(16, MEAN, STD, scale=(1.0, 1.0), trivial_augment=0.0, erase_p=0.0)
+    torch.manual_seed(0)
+    for _ in range(8):
+        out = transform(image)
+        assert torch.allclose(out, whole, atol=1e-5) or torch.allclose(out, whole.flip(-1), atol=1e-5)
 
 
 def test_eval_transform_deterministic_on_tensor_and_pil():

@@ -16,7 +16,7 @@ from torchvision.models.vision_transformer import interpolate_embeddings
 
 import vit.weights
 from vit import UserError, build_model, list_models
-from vit.model import CONFIGS, PatchEmbedding, VisionTransformer
+from vit.model import CONFIGS, DropPath, PatchEmbedding, VisionTransformer
 
 SMALL = dict(image_size=64, patch_size=8, num_layers=3, num_heads=4, hidden_dim=96, mlp_dim=192)
 
@@ -35,6 +35,19 @@ def randomise(model):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(std=0.05)
+    return model
+
+
+def sharpen(model):
+    """randomise's weights give near-uniform attention and logits of about 0.05, where the attention's details hardly
+    show: LayerNorm gains about 1 (unit-sized inputs to every layer) and 4x larger q/k/v weights (peaked attention;
+    compare in float64, float32's rounding grows through such layers)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name and name.endswith("weight"):
+                p.add_(1.0)
+            if name.endswith("in_proj_weight"):
+                p.mul_(4.0)
     return model
 
 
@@ -60,6 +73,24 @@ def test_same_logits_as_torchvision(name, tmp_path):
     assert torch.allclose(attns[0].sum(-1), torch.ones(()), atol=1e-5)
 
 
+def test_same_function_as_torchvision_where_attention_is_peaked(tmp_path):
+    """In float64, to rounding: small differences (LayerNorm's eps, the attention's scale) show here, where in the
+    float32 test above they are within its tolerance."""
+    tv = sharpen(randomise(torchvision_model("small", num_classes=10))).double().eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    ours = build_model("vit_b_16", num_classes=10, pretrained=tmp_path / "tv.pth", **SMALL).double().eval()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected, fast = tv(x), ours(x)
+        explicit, attns = ours(x, return_attn=True)
+    scale = expected.abs().max()
+    assert scale > 1 and min(a.amax() for a in attns) > 0.5  # sizes where a difference would show
+    assert (fast - expected).abs().max() <= 1e-9 * scale and (explicit - expected).abs().max() <= 1e-9 * scale
+    # eps is too small to change these logits measurably, but it is part of the function (weights trained with 1e-6)
+    norms = [(type(m), m.eps) for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms == [(type(m), m.eps) for m in tv.modules() if isinstance(m, torch.nn.LayerNorm)]
+
+
 def test_parameter_counts_equal_torchvision():
     assert sum(p.numel() for p in build_model("vit_b_16").parameters()) == 86_567_656
     for name in ("vit_b_32", "vit_s_16"):
@@ -80,6 +111,14 @@ def test_patch_embedding_is_the_strided_convolution_of_its_weight():
     assert (tokens - convolved).abs().max() <= 1e-5
     grads = [torch.autograd.grad((t * cotangent).sum(), embed.proj.weight)[0] for t in (tokens, convolved)]
     assert (grads[0] - grads[1]).abs().max() <= 1e-4 * grads[1].abs().max()
+
+
+def test_default_preprocessing_is_imagenets():
+    """A model built without weights that say otherwise normalises as torchvision's ImageNet ViTs do (the same
+    numbers for a plain state dict of ours that carries no preprocessing), resizing to 256/224 of the crop."""
+    imagenet = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1.transforms()
+    assert build_model("vit_ti_16", image_size=32, patch_size=8, num_layers=1).preprocess == dict(
+        resize_size=37, crop_size=32, mean=list(imagenet.mean), std=list(imagenet.std), interpolation="bilinear")
 
 
 def test_features_and_head_are_separate():
@@ -237,6 +276,9 @@ def test_vit_b_16_from_224_to_384(tmp_path):
     torch.save(torchvision.models.vit_b_16().state_dict(), path)
     model = build_model("vit_b_16", num_classes=3, image_size=384, pretrained=path).eval()
     assert model.embed.pos_embed.shape == (1, 24 * 24 + 1, 768)
+    # the weights' preprocessing (resize 256, crop 224) scaled to the new size, not a 384 px crop of a 256 px image
+    assert model.preprocess == dict(resize_size=round(256 * 384 / 224), crop_size=384, mean=[0.485, 0.456, 0.406],
+                                    std=[0.229, 0.224, 0.225], interpolation="bilinear")
     with torch.no_grad():
         assert model(torch.randn(1, 3, 384, 384)).shape == (1, 3)
 
@@ -260,6 +302,18 @@ def test_wrong_input_is_a_clear_error():
         build_model("vit_x_16")
 
 
+def test_drop_path_keeps_the_mean_and_grows_linearly_with_depth():
+    """Stochastic depth drops a sample's whole branch with probability p and scales the kept ones by 1 / (1 - p), so
+    that the expected output is the branch (what eval mode gives); the rate grows from 0 to drop_path over depth."""
+    model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=4, drop_path=0.3)
+    assert [block.drop_path.p for block in model.blocks] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    torch.manual_seed(0)
+    out = DropPath(0.3).train()(torch.ones(20_000, 2, 3))
+    assert out.unique().tolist() == pytest.approx([0.0, 1 / 0.7])
+    assert torch.equal(out.amin((1, 2)), out.amax((1, 2)))  # each sample's branch as a whole
+    assert abs(out.mean().item() - 1.0) < 0.02 and abs((out == 0).float().mean().item() - 0.3) < 0.02
+
+
 def test_drop_path_only_in_training():
     model = randomise(build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=4,
                                   drop_path=0.5))
@@ -277,11 +331,14 @@ def test_checkpoint_with_a_broken_model_description_is_refused(tmp_path):
     from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
     model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1)
     model.classes = ["a", "b"]
+    # a fine-tuned model keeps its weights' preprocessing (here not the default of its size): predict.py uses it
+    model.preprocess = dict(resize_size=32, crop_size=32, mean=[0.5] * 3, std=[0.5] * 3, interpolation="bicubic")
     good = model_checkpoint(model)
     save_checkpoint(good, tmp_path / "good.pt")
     rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "good.pt"))
     assert rebuilt.classes == ["a", "b"] and all(torch.equal(v, model.state_dict()[k])
                                                  for k, v in rebuilt.state_dict().items())
+    assert rebuilt.preprocess == model.preprocess
     for name, broken in {"noconfig": dict(good, model={"name": "x"}),
                          "badsize": dict(good, model={"name": "x", "config": dict(model.config, image_size=30)}),
                          "deeper": dict(good, model={"name": "x", "config": dict(model.config, num_layers=2)})}.items():

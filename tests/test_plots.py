@@ -18,6 +18,10 @@ def drawn(monkeypatch, n):
 def test_confusion_counts_and_names_while_readable(monkeypatch):
     fig, ax = drawn(monkeypatch, 3)
     assert sorted(int(t.get_text()) for t in ax.texts) == list(range(9))  # every cell's count
+    # in its cell: true class i's row (y = i), predicted class j's column (x = j), as the colours are drawn
+    assert {t.get_position(): int(t.get_text()) for t in ax.texts} == {(j, i): 3 * i + j for i in range(3)
+                                                                      for j in range(3)}
+    assert ax.images[0].get_array().tolist() == [[3 * i + j for j in range(3)] for i in range(3)]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["class 0", "class 1", "class 2"]
     fig, ax = drawn(monkeypatch, 40)
     assert len(ax.texts) == 0 and len(ax.get_yticklabels()) == 40  # names, no counts
@@ -58,3 +62,14 @@ def test_names_that_cutting_would_make_alike_stay_whole():
     alike = ["a_very_long_common_prefix_" + "x" * 20 + "_one_a_very_long_common_suffix",
              "a_very_long_common_prefix_" + "y" * 20 + "_one_a_very_long_common_suffix"]
     assert plots.short(alike) == alike  # cut, they would read the same
+
+
+def test_curves_show_train_and_test_of_each_epoch(monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    metrics = [dict(epoch=e, train_loss=2.0 - e / 10, test_loss=1.5 - e / 10, train_acc=0.5 + e / 10,
+                    test_acc=0.6 + e / 20) for e in (1, 2, 3)]
+    plots.plot_curves(metrics, "curves.png")
+    for ax, key in zip(figures[0].axes, ("loss", "acc")):
+        lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+        assert lines == {split: ([1, 2, 3], [m[f"{split}_{key}"] for m in metrics]) for split in ("train", "test")}

@@ -15,8 +15,8 @@ from PIL import Image
 import predict as predict_script
 from vit import build_model
 from vit.checkpoint import model_checkpoint, save_checkpoint
-from vit.data import decode, eval_transform
-from vit.explain import attention_rollout
+from vit.data import decode, eval_normalise, eval_transform
+from vit.explain import attention_rollout, model_view, rollout
 from vit.metrics import classification_report, confusion_matrix, evaluate
 from vit.plots import FORMATS
 
@@ -594,3 +594,32 @@ def test_attention_overlay_puts_each_token_on_its_receptive_fields_centre(stem):
     assert peak.tolist() == pytest.approx([expected, expected])
     plain = F.interpolate(one_hot[None, None], size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
     assert torch.allclose(torch.from_numpy(upsample(one_hot, (32, 32))), plain / plain.max(), atol=1e-6)
+
+
+def one_hot_attention(*targets, tokens=5):
+    """Attention weights (1, heads, tokens, tokens) where head h sends every query to token targets[h]."""
+    attn = torch.zeros(1, len(targets), tokens, tokens)
+    for head, target in enumerate(targets):
+        attn[0, head, :, target] = 1.0
+    return attn
+
+
+def test_rollout_multiplies_the_layers_with_the_residual_and_averages_the_heads():
+    """2 x 2 patches (tokens 1-4). Layer 1 sends every token to patch a, layer 2 to patch b. With the residual,
+    (A + I) / 2 per layer, the class token after layer 2 is 1/2 itself and 1/2 patch b as they were after layer 1:
+    1/2 itself and 1/2 a, and 1/2 b and 1/2 a. Over the patches: a 1/4 + 1/4, b 1/4 -> a 2/3, b 1/3."""
+    a, b, c = 1, 2, 3  # tokens of patches (0, 0), (0, 1), (1, 0)
+    maps = rollout([one_hot_attention(a, a), one_hot_attention(b, b)])
+    assert maps[0] == pytest.approx(torch.tensor([[2 / 3, 1 / 3], [0, 0]]))
+    # heads averaged: layer 1's two heads send to a and to c, (A + I) / 2 = 1/4 a + 1/4 c + 1/2 itself: the class
+    # token gets 1/4 of a, c and itself from layer 1 and 1/4 of b from layer 2
+    maps = rollout([one_hot_attention(a, c), one_hot_attention(b, b)])
+    assert maps[0] == pytest.approx(torch.tensor([[1 / 3, 1 / 3], [1 / 3, 0]]))
+
+
+def test_the_figures_show_the_model_input_unnormalised():
+    preprocess = {"resize_size": 8, "crop_size": 8, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                  "interpolation": "bilinear"}
+    crop = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    view = model_view(eval_normalise(preprocess)(crop), preprocess)
+    assert view.shape == (8, 8, 3) and view == pytest.approx((crop.permute(1, 2, 0).float() / 255).numpy(), abs=1e-6)

@@ -1,4 +1,6 @@
 """train.py end to end on tiny images written here: outputs, learning, resume, --freeze, errors, DDP."""
+import argparse
+import contextlib
 import json
 import math
 import os
@@ -101,10 +103,16 @@ def test_run_writes_all_outputs_that_load_back(reference, dataset):
     last, best = load_checkpoint(out / "models" / "ref.pt"), load_checkpoint(out / "models" / "ref-best.pt")
     assert last["epoch"] == 4 and last["metrics"] == metrics and last["classes"] == ["bright", "dark"]
     assert best["best_acc"] == max(m["test_acc"] for m in metrics) == best["metrics"][-1]["test_acc"]
+    # RUN-best.pt is the first epoch that reached the best accuracy, not a later one that only equalled it
+    assert best["epoch"] == min(m["epoch"] for m in metrics if m["test_acc"] == best["best_acc"])
     assert last["args"]["name"] == "ref" and "git_commit" in last
     model = model_from_checkpoint(last)  # a working model that scores what training measured
     assert model.classes == ["bright", "dark"] and model.image_size == 16
-    assert accuracy_of(model, dataset) == pytest.approx(metrics[-1]["test_acc"])
+    accuracy, loss = accuracy_of(model, dataset, loss=True)
+    assert (accuracy, loss) == (pytest.approx(metrics[-1]["test_acc"]), pytest.approx(metrics[-1]["test_loss"], 1e-5))
+    # each epoch's lr is the one its first step used: 3 steps an epoch (24 images, batches of 8), a warm-up of one
+    # epoch from a third of the peak 2e-3, then a cosine to 0 after 12 steps (at 3/9 and 6/9 of the way here)
+    assert [m["lr"] for m in metrics] == pytest.approx([2e-3 / 3, 2e-3, 2e-3 * 0.75, 2e-3 * 0.25])
 
 
 def test_loss_falls_and_accuracy_rises(reference, dataset):
@@ -120,6 +128,34 @@ def test_corrupt_image_skipped_and_named(reference):
     stdout = reference[1].stdout
     assert f"train: {N_TRAIN} images" in stdout and "skipped 1 non-image file" in stdout
     assert "skipped unreadable image" in stdout and "broken.png" in stdout
+
+
+def test_train_epoch_reports_the_smoothed_loss_and_accuracy_over_samples():
+    """One epoch's loss is the label-smoothed cross-entropy it trains on, and loss and accuracy are means over the
+    samples (not over batches: the last one is short), accuracy against the unmixed labels."""
+    net = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, 0], [0, 1], [-1, -1]]))
+        net.bias.zero_()
+    x = torch.tensor([[2.0, 0], [0, 2], [1, 3], [0, 0.5], [3, 1]])
+    y = torch.tensor([0, 1, 0, 2, 1])  # predicted: 0, 1, 1, 1, 0: two of five right
+    loader = [(x[:4], y[:4]), (x[4:], y[4:])]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # nothing moves: every batch sees these logits
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    args = argparse.Namespace(label_smoothing=0.1, clip_grad=1.0)
+    _, scaler = mixed_precision(torch.device("cpu"))
+    with torch.no_grad():
+        expected = F.cross_entropy(net(x), y, label_smoothing=0.1).item()
+    loss, accuracy = train.train_epoch(net, loader, optimizer, scheduler, scaler, None, args, torch.device("cpu"),
+                                       contextlib.nullcontext, desc="test")
+    assert loss == pytest.approx(expected) and accuracy == pytest.approx(2 / 5)
+
+    def mixed(images, labels):  # targets that agree with every prediction: against them, accuracy would be 1
+        return images, F.one_hot(net(images).argmax(1), 3).float()
+
+    _, accuracy = train.train_epoch(net, loader, optimizer, scheduler, scaler, mixed, args, torch.device("cpu"),
+                                    contextlib.nullcontext, desc="test")
+    assert accuracy == pytest.approx(2 / 5)  # still counted against y
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(reference, dataset, tmp_path, capsys):
