@@ -319,10 +319,7 @@ def train(args):
     try:
         for epoch in range(start, end):
             t0 = time.perf_counter()
-            torch.manual_seed(args.seed + 10_000 * epoch + rank)  # each epoch's randomness depends only on
-            generator.manual_seed(args.seed + epoch)  # (seed, epoch), so a resumed run repeats it exactly
-            if sampler:
-                sampler.set_epoch(epoch)
+            data.seed_epoch(args.seed, epoch, rank, generator, sampler)
             lr = optimizer.param_groups[0]["lr"]
             train_loss, train_acc = train_epoch(net, train_loader, optimizer, scheduler, scaler, mix, args, device,
                                                 autocast, desc=f"epoch {epoch + 1}/{args.epochs}")

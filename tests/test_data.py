@@ -342,6 +342,26 @@ def test_seeded_order_seeds_each_image_not_each_place():
     assert again == [(seeds[1], 1), (seeds[4], 4)]  # whichever rank or place it has
 
 
+def test_each_epoch_is_seeded_from_seed_and_epoch_alone():
+    """A resumed run repeats an epoch exactly, and under torchrun every epoch has its own shuffle (a
+    DistributedSampler not told its epoch deals epoch 0's shares every epoch)."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    def epoch_draws(epoch, rank, generator=None):
+        generator = generator or torch.Generator()
+        sampler = DistributedSampler(range(12), num_replicas=2, rank=rank, seed=3)
+        data.seed_epoch(3, epoch, rank, generator, sampler)
+        return list(sampler), torch.randint(10**9, (2,), generator=generator).tolist(), torch.rand(2).tolist()
+
+    first = epoch_draws(1, rank=0)
+    used = torch.Generator().manual_seed(99)  # a generator with a history, as in a run's later epochs
+    assert epoch_draws(1, rank=0, generator=used) == first  # a resumed run: the same order and draws
+    second = epoch_draws(2, rank=0)
+    assert second[0] != first[0] and second[1] != first[1]  # a new shuffle, a new order for the data
+    other_rank = epoch_draws(1, rank=1)
+    assert other_rank[1] == first[1] and other_rank[2] != first[2]  # one data order; each rank's own dropout
+
+
 def test_a_cached_dataset_goes_to_a_spawned_worker_as_file_names(tmp_path):
     """Under spawn (macOS, Windows) a DataLoader pickles its dataset to every worker: a cached one sends the names
     of its files, which the worker maps, not a copy of every image in shared memory."""

@@ -440,6 +440,16 @@ class SeededOrder(torch.utils.data.Sampler):
         yield from ((seeds[i], i) for i in indices)
 
 
+def seed_epoch(seed, epoch, rank, generator, sampler=None):
+    """Seed an epoch's randomness from (seed, epoch) alone, so that a resumed run repeats it exactly: the process's
+    own (dropout, Mixup/CutMix: one stream per rank), the data order's `generator`, and a DistributedSampler's
+    shuffle (without set_epoch it repeats epoch 0's order every epoch)."""
+    torch.manual_seed(seed + 10_000 * epoch + rank)
+    generator.manual_seed(seed + epoch)
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+
+
 def train_loader(dataset, batch_size, order, generator, workers, pin_memory):
     """Batches of `dataset` in the order of the sampler `order`. In the process itself as DataLoader(shuffle=True,
     generator=generator) draws them; with workers, those are started once (persistent: under spawn, the start
