@@ -2,11 +2,11 @@
 
     python bench/profile_epoch.py [--epoch K] [--rows N] -- TRAIN_ARGS...
 
-Runs `train.py TRAIN_ARGS` unchanged, except that the training pass of epoch K (counted as train.py counts
-them, also with --resume; default: the session's last, --stop-after included) runs under torch.profiler and, on CUDA, under sync debug mode "warn". Prints the operators with the
-most self time, the share of the epoch's wall time the GPU was busy, and each line of train.py or
-vit/ that synchronised with the GPU, with its count (a step should have none: the loss and accuracy
-sums are read once per epoch).
+Runs `train.py TRAIN_ARGS` unchanged, except that the training pass of epoch K (numbered as train.py numbers
+them, also with --resume; default: the session's last, --stop-after included) runs under torch.profiler and,
+on CUDA, under sync debug mode "warn". Prints the operators with the most self time, the share of the epoch's
+wall time the GPU was busy, and each line of train.py or vit/ that synchronised with the GPU, with its count (a
+step should have none: the loss and accuracy sums are read once per epoch).
 """
 import argparse
 import collections
