@@ -149,7 +149,8 @@ def predict(model, paths, device, batch_size, explain, failures):
     bar = tqdm(total=len(paths), unit="img", disable=len(paths) < 2, file=sys.stderr)
     for start in range(0, len(paths), batch_size):
         batch, chunk = [], paths[start:start + batch_size]
-        for path, (image, why) in zip(chunk, decode_many(chunk, size)):  # decoded as training's test images are
+        decoded = decode_many(chunk, size, interpolation=model.preprocess["interpolation"])
+        for path, (image, why) in zip(chunk, decoded):  # decoded as training's test images are
             if image is None:
                 failures.append(f"{path}: {why}")
                 tqdm.write(f"error: {path}: {why}", file=sys.stderr)
@@ -226,7 +227,8 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=
     if unknown:
         raise UserError(f"{split}: class folder(s) {', '.join(unknown)} are not among the model's classes "
                         f"({', '.join(model.classes[:10])}); pass a folder with one sub-folder per class")
-    decoded = load_split(split, folders, model.preprocess["resize_size"], cache_dir)
+    decoded = load_split(split, folders, model.preprocess["resize_size"], cache_dir,
+                         interpolation=model.preprocess["interpolation"])
     if decoded.non_images:
         print(f"{decoded.non_images} in {split}", file=sys.stderr)
     for path, reason in decoded.skipped:

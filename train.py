@@ -242,7 +242,8 @@ def train(args):
     # data: decode once, in threads (shorter side = the eval resize, so eval preprocessing is exact), then augment per
     # sample in DataLoader workers, or per batch on the device (vit/augment.py)
     with master_first():  # rank 0 decodes and fills the cache, the others then read it
-        decoded = {split: data.load_split(d, splits.classes, model.preprocess["resize_size"], args.cache_dir)
+        decoded = {split: data.load_split(d, splits.classes, model.preprocess["resize_size"], args.cache_dir,
+                                          interpolation=model.preprocess["interpolation"])
                    for split, d in (("train", splits.train_dir), ("test", splits.test_dir))}
     pre = model.preprocess
     for (split, dec), folder in zip(decoded.items(), (splits.train_dir, splits.test_dir)):

@@ -424,23 +424,48 @@ def test_train_transform_shape_and_dtype():
     assert transform(pil).shape == (3, 16, 16)
 
 
+@pytest.mark.parametrize("weights", ["IMAGENET1K_V1", "IMAGENET1K_SWAG_E2E_V1"])
 @pytest.mark.parametrize("size", [(640, 427), (427, 640), (300, 299), (1000, 667), (500, 333)])
-def test_decoded_eval_crop_equals_the_pretrained_weights_own_transforms(tmp_path, size):
-    """decode + eval_transform of a photo is exactly what ViT_B_16_Weights.IMAGENET1K_V1.transforms() makes of it:
-    the longer side truncated as torchvision's Resize computes it (640 x 427 -> 383 x 256; rounding gave 384, a
-    crop resampled half a pixel off for about half of all photos)."""
-    weights = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1
+def test_decoded_eval_crop_equals_the_pretrained_weights_own_transforms(tmp_path, size, weights):
+    """decode + eval_transform of a photo is exactly what the weights' own transforms() make of it: the longer side
+    truncated as torchvision's Resize computes it (640 x 427 -> 383 x 256; rounding gave 384, a crop resampled half a
+    pixel off for about half of all photos), resampled as they say (SWAG_E2E: bicubic to 384, crop 384; decoding
+    resampled bilinear, and eval_transform's bicubic Resize then found the size already right)."""
+    weights = torchvision.models.ViT_B_16_Weights[weights]
     preprocess, _ = vit.weights._meta(weights)
     small = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     pixels = torch.nn.functional.interpolate(small[None].float(), size=size[::-1], mode="bicubic")[0]
     path = tmp_path / "photo.png"
     Image.fromarray(pixels.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()).save(path)
-    decoded = data.decode(path, preprocess["resize_size"])
-    long = int(256 * max(size) / min(size))
-    assert tuple(decoded.shape[1:]) == ((long, 256) if size[1] > size[0] else (256, long))
+    resize = preprocess["resize_size"]
+    decoded = data.decode(path, resize, preprocess["interpolation"])
+    long = int(resize * max(size) / min(size))
+    assert tuple(decoded.shape[1:]) == ((long, resize) if size[1] > size[0] else (resize, long))
     with Image.open(path) as image:
         expected = weights.transforms()(image.convert("RGB"))
     assert (data.eval_transform(preprocess)(decoded) - expected).abs().max() < 1e-5  # Normalize's order: 1 ulp
+
+
+def test_split_decoded_and_cached_with_the_preprocessings_resampling(tmp_path):
+    """train.py's and predict.py --evaluate's images (load_split) resampled as the weights' preprocessing says, and a
+    cache of one resampling never read for another: the SWAG weights' test crops are their own transforms()'."""
+    weights = torchvision.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1  # resize 384, crop 384, bicubic
+    preprocess, _ = vit.weights._meta(weights)
+    split, cache = tmp_path / "test", tmp_path / "cache"
+    for name, size in (("a/wide.png", (500, 400)), ("b/tall.png", (400, 600))):
+        small = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        pixels = torch.nn.functional.interpolate(small[None].float(), size=size[::-1], mode="bicubic")[0]
+        (split / name).parent.mkdir(parents=True)
+        Image.fromarray(pixels.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()).save(split / name)
+    data.load_split(split, ["a", "b"], 384, cache, interpolation="bilinear")
+    decoded = data.load_split(split, ["a", "b"], 384, cache, interpolation=preprocess["interpolation"])
+    assert not decoded.cached  # the bilinear cache of the same folder and size is not this one
+    crops = data.eval_normalise(preprocess)(data.eval_images(decoded, preprocess).tensors[0])
+    with Image.open(split / "a/wide.png") as a, Image.open(split / "b/tall.png") as b:
+        expected = torch.stack([weights.transforms()(image.convert("RGB")) for image in (a, b)])
+    assert (crops - expected).abs().max() < 1e-5
+    again = data.load_split(split, ["a", "b"], 384, cache, interpolation=preprocess["interpolation"])
+    assert again.cached and all(torch.equal(x, y) for x, y in zip(again.images, decoded.images))
 
 
 def test_train_transform_crops_within_its_scale():

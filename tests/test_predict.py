@@ -283,6 +283,27 @@ def test_bad_images_are_reported_and_the_others_predicted(ckpt, tmp_path):
         assert [row["image"] for row in csv.DictReader(f)] == list(map(str, good))
 
 
+def test_bicubic_preprocessing_predicts_what_torchvisions_transforms_give(tmp_path):
+    """A model whose preprocessing resamples bicubic (torchvision's SWAG weights, resize = crop, and vit_h_14's only
+    weights) predicts on what its own transforms() give: decoding resampled bilinear, eval_transform's bicubic
+    Resize then found the size already right, and with a random ViT-B/16 at 384 px top-1 changed on 2 of 3 photos."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms._presets import ImageClassification
+    model = tiny_model()
+    model.preprocess = dict(model.preprocess, resize_size=32, crop_size=32, interpolation="bicubic")
+    path = tmp_path / "bicubic.pt"
+    save_checkpoint(checkpoint(model), path)
+    image = write_image(tmp_path / "photo.png", seed=3, size=(53, 40))
+    out = predict("--model", path, image, "--json", "--topk", "3", "--no-figures")
+    assert out.returncode == 0, out.stderr
+    got = {p["class"]: p["probability"] for p in json.loads(out.stdout)["predictions"]}
+    theirs = ImageClassification(crop_size=32, resize_size=32, mean=model.preprocess["mean"],
+                                 std=model.preprocess["std"], interpolation=InterpolationMode.BICUBIC)
+    with torch.no_grad(), Image.open(image) as photo:
+        expected = model(theirs(photo.convert("RGB"))[None]).softmax(-1)[0]
+    assert got == pytest.approx(dict(zip(CLASSES, expected.tolist())), abs=1e-5)
+
+
 def test_pretrained_uses_the_models_classes_and_preprocessing(tmp_path, capsys, monkeypatch):
     model = tiny_model()  # stands in for torchvision's ImageNet ViT-B/16, which cannot be downloaded here
     model.classes = ["tench", "goldfish", "shark"]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
+from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
 
 from vit.checkpoint import save_checkpoint
 from vit.errors import UserError
@@ -230,24 +231,27 @@ class Decoded:
     parts: list = field(default_factory=list)  # the cache files holding `images` in order, where all of them are
 
 
-def decode(path, size):
+def decode(path, size, interpolation="bilinear"):
     """open_rgb, resize so the shorter side is `size` (aspect kept), return a uint8 tensor (3, H, W).
 
     The longer side is int(size * long / short), truncated as torchvision's Resize computes it (640 x 427 -> 383 x
-    256), so eval_transform's crop is then exactly what the pretrained weights' own transforms() give."""
+    256), and the resampling is the preprocessing's `interpolation` (model.preprocess["interpolation"]: bicubic for
+    torchvision's SWAG weights), mapped to Pillow's as torchvision's Resize maps it for a PIL image, so
+    eval_transform's crop is then exactly what the pretrained weights' own transforms() give (its Resize finds the
+    size already right and does nothing)."""
     image = open_rgb(path)
     w, h = image.size
     long = max(1, int(size * max(w, h) / min(w, h)))
     new = (size, long) if w <= h else (long, size)
     if new != (w, h):
-        image = image.resize(new, Image.Resampling.BILINEAR)
+        image = image.resize(new, pil_modes_mapping[InterpolationMode(interpolation)])
     return v2.functional.pil_to_tensor(image)
 
 
-def _decode_or_why(path, size):
-    """(decode(path, size), None), or (None, why) for an image that cannot be read."""
+def _decode_or_why(path, size, interpolation="bilinear"):
+    """(decode(path, size, interpolation), None), or (None, why) for an image that cannot be read."""
     try:
-        return decode(path, size), None
+        return decode(path, size, interpolation), None
     except UserError as e:
         return None, str(e).removeprefix(f"{path}: ")
 
@@ -260,14 +264,15 @@ def physical_memory():
         return None
 
 
-def decode_many(paths, size, threads=THREADS):
+def decode_many(paths, size, threads=THREADS, interpolation="bilinear"):
     """decode() every path in `threads` threads: a list in the same order of (tensor, None) or (None, why)."""
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(_decode_or_why, paths, repeat(size)))
+        return list(pool.map(_decode_or_why, paths, repeat(size), repeat(interpolation)))
 
 
-def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
-    """Decode every image of split_dir/<class>/ once (decode_many); corrupt ones go to `skipped`.
+def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS, interpolation="bilinear"):
+    """Decode every image of split_dir/<class>/ once (decode_many, resampled with `interpolation`: pass
+    model.preprocess["interpolation"]); corrupt ones go to `skipped`.
 
     With cache_dir the decoded images are written there in parts of about PART_BYTES, each memory-mapped back once
     written, and later runs map the parts again: the images live in the system's file cache, so a folder larger
@@ -279,8 +284,8 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
     non_images = non_image_note([p for _, p in files])  # from the folder as it is now, also for a cache's images
     per_image = 3 * size * size * 4 // 3  # bytes of a decoded 4:3 photo
     cache = None
-    if cache_dir is not None:  # one cache per (folder, classes, size), named for the images' sizes, times and inodes
-        folder = repr((str(split_dir.resolve()), list(classes), size))
+    if cache_dir is not None:  # one cache per (folder, classes, size, resampling), named for the images' stats
+        folder = repr((str(split_dir.resolve()), list(classes), size, interpolation))
         stats = [(str(p.relative_to(split_dir)), *file_signature(p)) for _, p in images]
         cache = Path(cache_dir) / f"v{CACHE_VERSION}-{digest(folder)}-{digest(repr(stats))}.pt"
         if cache.exists():
@@ -297,8 +302,8 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS):
     step = max(1, PART_BYTES // per_image)
     for first in range(0, len(images), step):  # one part in memory at a time
         part = images[first:first + step]
-        kept = []
-        for (label, path), (image, why) in zip(part, decode_many([path for _, path in part], size, threads)):
+        kept, decoded = [], decode_many([path for _, path in part], size, threads, interpolation)
+        for (label, path), (image, why) in zip(part, decoded):
             if image is None:
                 out.skipped.append((str(path), why))
                 continue
