@@ -15,24 +15,21 @@ import math
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from vit import augment, data, plots
+from vit import data, plots
 from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, load_checkpoint, model_flags,
-                            model_from_checkpoint, restore_training, resumed_args, run_files, training_checkpoint)
+                            model_from_checkpoint, restore_training, resume_settings, run_files, training_checkpoint)
 from vit.device import mixed_precision, pick_device
-from vit.distributed import all_reduce, init_processes, is_master, log, master_first, share_buffers
+from vit.distributed import all_reduce, data_parallel, init_processes, is_master, log, share_buffers
 from vit.errors import UserError, bounded, file_name, printable_output
 from vit.files import make_folders, write_text
+from vit.loaders import decode_splits, make_loaders
 from vit.metrics import evaluate
 from vit.model import SHAPE_FLAGS, build_model, list_models
 from vit.optim import adamw_warmup_cosine
@@ -139,18 +136,6 @@ def parse_args(argv=None):
     return args
 
 
-@torch.no_grad()
-def features(model, images, normalise, args, device, autocast):
-    """Backbone features of every (uint8 evaluation crop, label) of `images`, computed once, for --freeze."""
-    model.eval()
-    feats, labels = [], []
-    for x, y in DataLoader(images, batch_size=2 * args.batch_size, num_workers=args.workers):
-        with autocast():
-            feats.append(model.forward_features(normalise(x.to(device))).float().cpu())
-        labels.append(y)
-    return TensorDataset(torch.cat(feats), torch.cat(labels))
-
-
 def train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, device, autocast, desc):
     """One pass over the training data; returns (mean loss, accuracy) over all processes' samples."""
     net.train()
@@ -180,15 +165,11 @@ def train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, device, au
 
 def train(args):
     """Set up data, model and optimiser from args, run the epochs, write checkpoints and results."""
+    # settings: the recipe's, or a resumed run's own; the data's folders and classes; the run's files
     given = vars(args).pop("given", [])
     ckpt = load_checkpoint(args.resume) if args.resume else None
     if ckpt:  # the run's own settings, except the flags that may change between sessions
-        moved = tuple(k for k in MOVABLE if k in given)  # e.g. the same classes' images in a new place
-        changed = tuple(k for k in RESUMABLE if k in given or k == "stop_after" or k not in ckpt["args"])
-        args, ignored = resumed_args(ckpt, args, changed + moved, given)
-        if "data" not in moved and not Path(args.data).is_dir():
-            raise UserError(f"{args.data}: the run's images are no longer there; if they have moved, resume with "
-                            f"--resume {args.resume} --data NEW_FOLDER")
+        args, ignored = resume_settings(ckpt, args, given, RESUMABLE, MOVABLE)
         if ignored:
             log(f"ignored with --resume: {flags(ignored)} (a resumed run keeps the settings it started with)")
         if ckpt["epoch"] >= args.epochs:
@@ -212,6 +193,7 @@ def train(args):
     args.name = args.name or f"{args.model}-{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
     last, best, results = run_files(args.out_dir, args.name)
     check_run_files(last, best, args.resume if ckpt else None)
+
     # processes and device
     device, world, rank = init_processes(pick_device(args.device))
     if args.batch_size % world:
@@ -239,64 +221,17 @@ def train(args):
         model.requires_grad_(False)
         trained.requires_grad_(True)
 
-    # data: decode once, in threads (shorter side = the eval resize, so eval preprocessing is exact), then augment per
-    # sample in DataLoader workers, or per batch on the device (vit/augment.py)
-    with master_first():  # rank 0 decodes and fills the cache, the others then read it
-        decoded = {split: data.load_split(d, splits.classes, model.preprocess["resize_size"], args.cache_dir,
-                                          interpolation=model.preprocess["interpolation"])
-                   for split, d in (("train", splits.train_dir), ("test", splits.test_dir))}
-    pre = model.preprocess
-    for (split, dec), folder in zip(decoded.items(), (splits.train_dir, splits.test_dir)):
-        notes = "".join(f"; {note}" for note in ("read from the cache" if dec.cached else "", dec.non_images) if note)
-        log(f"data: {split}: {len(dec.images)} images in {len(splits.classes)} classes from {folder}{notes}")
-        for path, reason in dec.skipped:
-            log(f"  skipped unreadable image {path}: {reason}")
-    train_set = data.ImageDataset(decoded["train"], data.train_transform(model.image_size, pre["mean"], pre["std"],
-                                                                         trivial_augment=args.trivial_augment))
-    # evaluation preprocessing is the same every epoch: done once, kept as uint8 crops, normalised per batch
-    test_set = data.eval_images(decoded["test"], pre, range(rank, len(decoded["test"].images), world), args.workers)
-    normalise = data.eval_normalise(pre)
-    if args.freeze:  # the frozen backbone sees every image once; epochs then train the head on the features
-        t0 = time.perf_counter()
-        crops = data.ImageDataset(decoded["train"], data.eval_transform(pre, normalise=False))  # streamed, not kept
-        train_set = features(model, crops, normalise, args, device, autocast)
-        test_set = features(model, test_set, normalise, args, device, autocast)
-        normalise = torch.nn.Identity()  # the test set holds features now
-        share = f" (test images: rank 0's share of {len(decoded['test'].images)})" if world > 1 else ""
-        log(f"features: {len(train_set) + len(test_set)} images through the frozen backbone once, "
-            f"in {time.perf_counter() - t0:.1f}s{share}")
-    workers = 0 if args.freeze else args.workers
-    generator, sampler = torch.Generator(), None
-    on_device = not args.freeze and (args.augment == "device" or args.augment == "auto" and device.type == "cuda")
-    why = on_device and augment.too_large(decoded["train"], device)
-    if why and args.augment == "device":
-        raise UserError(f"--augment device: {why}; crop or remove those images, or use --augment workers")
-    if why:
-        on_device = False
-        log(f"augment: {why}; per image instead")
-    if on_device:  # decoded images stay on the device; whole batches are augmented there
-        batch_augment = augment.BatchAugment(model.image_size, pre["mean"], pre["std"],
-                                             trivial_augment=args.trivial_augment).to(device)
-        train_loader = augment.DeviceLoader(decoded["train"], batch_augment, args.batch_size // world, device,
-                                            generator, world, rank)
-        idle = "; --workers only prepares the test images" if "workers" in given else ""  # no per-image work left
-        log(f"augment: whole batches on {device} (vit/augment.py){idle}")
-    else:
-        sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else None
-        order = sampler or RandomSampler(train_set, generator=generator)
-        train_loader = data.train_loader(train_set, args.batch_size // world, order, generator, workers,
-                                         pin_memory=device.type == "cuda")
-    test_loader = DataLoader(test_set, batch_size=2 * args.batch_size, pin_memory=device.type == "cuda")
+    # data: decoded once, in threads (shorter side = the eval resize, so eval preprocessing is exact), then augmented
+    # per image in DataLoader workers or per batch on the device (vit/augment.py); --freeze: features, computed once
+    decoded = decode_splits(splits, model.preprocess, args.cache_dir)
+    generator = torch.Generator()  # the training order's random numbers, seeded every epoch (data.seed_epoch)
+    train_loader, test_loader, normalise, sampler = make_loaders(decoded, model, args, generator, device, world, rank,
+                                                                 autocast, workers_given="workers" in given)
     mix = data.MixupCutmix(len(splits.classes), p=args.mixup) if args.mixup > 0 and not args.freeze else None
 
     # optimiser and schedule
     fast = torch.compile(trained, mode=args.compile) if args.compile else trained
-    net = fast
-    if world > 1:  # compiled inside DDP, the graph is still split at DDP's buckets, which are sent during backward
-        # compiled, the conv stem's 1x1 projection gets a gradient whose size-1 dims have other strides: DDP copies it
-        # into its bucket as it copies every gradient, but warns
-        warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
-        net = DistributedDataParallel(fast, device_ids=[device.index] if device.type == "cuda" else None)
+    net = data_parallel(fast, device)  # under torchrun: DDP, which sums the gradients across processes
     steps = len(train_loader)
     optimizer, scheduler = adamw_warmup_cosine(trained, args.lr, args.weight_decay, round(args.warmup_epochs * steps),
                                                args.epochs * steps, fused=device.type == "cuda")
@@ -352,9 +287,7 @@ def train(args):
     finally:  # files once per session (also after an interruption or a divergence), from the epochs so far
         writer.close()
         if is_master() and metrics:
-            plots.plot_curves(metrics, results / "curves.png")
-            if matrix is not None:
-                plots.plot_confusion(matrix.tolist(), splits.classes, results / "confusion_matrix.png", len(metrics))
+            plots.plot_run(metrics, matrix, splits.classes, results)
     if end < args.epochs:
         log(f"stopped after epoch {end} of {args.epochs}; continue with: {resume_command}")
     elif metrics:

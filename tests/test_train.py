@@ -130,7 +130,7 @@ def test_corrupt_image_skipped_and_named(reference):
     assert "skipped unreadable image" in stdout and "broken.png" in stdout
 
 
-def test_train_epoch_reports_the_smoothed_loss_and_accuracy_over_samples():
+def test_train_epoch_reports_the_smoothed_loss_and_accuracy_over_samples(monkeypatch):
     """One epoch's loss is the label-smoothed cross-entropy it trains on, and loss and accuracy are means over the
     samples (not over batches: the last one is short), accuracy against the unmixed labels."""
     net = torch.nn.Linear(2, 3)
@@ -156,6 +156,11 @@ def test_train_epoch_reports_the_smoothed_loss_and_accuracy_over_samples():
     _, accuracy = train.train_epoch(net, loader, optimizer, scheduler, scaler, mixed, args, torch.device("cpu"),
                                     contextlib.nullcontext, desc="test")
     assert accuracy == pytest.approx(2 / 5)  # still counted against y
+    other = torch.tensor([3.0, 2.0, 5.0])  # under torchrun: another process's summed loss, correct and samples
+    monkeypatch.setattr(train, "all_reduce", lambda totals: totals + other)
+    loss, accuracy = train.train_epoch(net, loader, optimizer, scheduler, scaler, None, args, torch.device("cpu"),
+                                       contextlib.nullcontext, desc="test")
+    assert loss == pytest.approx((5 * expected + 3) / 10) and accuracy == pytest.approx(4 / 10)  # all samples
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(reference, dataset, tmp_path, capsys):

@@ -212,6 +212,19 @@ def resumed_args(ckpt, args, keep, given=()):
     return resumed, [k for k in given if k not in (*keep, "resume") and mine[k] != saved.get(k)]
 
 
+def resume_settings(ckpt, args, given, resumable, movable):
+    """--resume's arguments: the run's own, except the flags of `resumable` (this session's where given; stop_after
+    always) and of `movable` that this command line gives (`given`, e.g. the same images in a new folder); refuses
+    a run whose images are gone -> (arguments, the given flags that the run does not take: resumed_args)."""
+    moved = tuple(k for k in movable if k in given)
+    changed = tuple(k for k in resumable if k in given or k == "stop_after" or k not in ckpt["args"])
+    resumed, ignored = resumed_args(ckpt, args, changed + moved, given)
+    if "data" not in moved and not Path(resumed.data).is_dir():
+        raise UserError(f"{resumed.data}: the run's images are no longer there; if they have moved, resume with "
+                        f"--resume {args.resume} --data NEW_FOLDER")
+    return resumed, ignored
+
+
 def model_from_checkpoint(ckpt):
     """Rebuild the model from a checkpoint (as load_checkpoint returns it, or its path) and load its weights
     strictly."""

@@ -1,9 +1,11 @@
 """Processes for data-parallel training (torchrun): which one this is, summing across them, who prints."""
 import os
+import warnings
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 def init_processes(device):
@@ -16,6 +18,17 @@ def init_processes(device):
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, world, rank
+
+
+def data_parallel(module, device):
+    """`module` in DistributedDataParallel under torchrun (gradients summed across processes during backward), else
+    itself. A compiled module inside DDP has its graph split at DDP's buckets, which are sent during backward."""
+    if not dist.is_initialized():
+        return module
+    # compiled, the conv stem's 1x1 projection gets a gradient whose size-1 dims have other strides: DDP copies it
+    # into its bucket as it copies every gradient, but warns
+    warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def all_reduce(t):

@@ -78,3 +78,11 @@ def plot_confusion(matrix, classes, path, epoch=None, counted=30, named=60):
             ax.text(j, i, count, ha="center", va="center", fontsize=8,
                     color="white" if count > top / 2 else "black")
     save_figure(fig, path)
+
+
+def plot_run(metrics, matrix, classes, folder):
+    """A training run's figures in `folder`: curves.png of its epochs so far (metrics.json records) and
+    confusion_matrix.png of its latest test pass (matrix: a tensor, or None before the first)."""
+    plot_curves(metrics, folder / "curves.png")
+    if matrix is not None:
+        plot_confusion(matrix.tolist(), classes, folder / "confusion_matrix.png", len(metrics))
