@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,15 @@ def recipe_defaults(key):
     if len(set(values.values())) == 1:
         return str(values["scratch"])
     return ", ".join(f"{name} {value}" for name, value in values.items())
+
+
+def resume_cli(world, last):
+    """The command that resumes the run saved in `last`, as a user types it in this folder: torchrun first where the
+    run used it, train.py by its path when it is not here, every argument shell-quoted."""
+    script = Path(__file__).resolve()
+    here = script.parent == Path.cwd().resolve()
+    launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
+    return " ".join([launcher, *map(shlex.quote, ["train.py" if here else str(script), "--resume", str(last)])])
 
 
 def parse_args(argv=None):
@@ -250,7 +260,7 @@ def train(args):
 
     end = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
     matrix, saved = None, start  # the latest test pass's confusion matrix; the last epoch given to the writer
-    resume_command = f"{f'torchrun --nproc_per_node={world}' if world > 1 else 'python'} train.py --resume {last}"
+    resume_command = resume_cli(world, last)
     writer = CheckpointWriter()  # writes in the background while the next epoch trains
     try:
         for epoch in range(start, end):

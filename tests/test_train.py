@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -177,6 +178,20 @@ def test_interrupted_and_resumed_equals_uninterrupted(reference, dataset, tmp_pa
     for a, b in zip(resumed, uninterrupted):
         for key in KEYS - {"seconds"}:
             assert a[key] == pytest.approx(b[key], abs=1e-4), (a, b)
+
+
+def test_the_printed_resume_command_runs_as_typed_from_another_folder(dataset, tmp_path, capsys, monkeypatch):
+    """The command printed at --stop-after (and Ctrl-C) is what a user types: its checkpoint path shell-quoted (an
+    --out-dir with a space), and train.py named where it is when the run was started from another folder."""
+    out = tmp_path / "my runs"
+    monkeypatch.chdir(tmp_path)
+    train.main(flags(dataset, out, "--epochs", "2", "--name", "run", "--stop-after", "1"))
+    command = re.search(r"continue with: (.*)", capsys.readouterr().out).group(1)
+    launcher, script, *argv = shlex.split(command)
+    assert launcher == "python" and (tmp_path / script).resolve() == REPO / "train.py", command
+    assert argv == ["--resume", str(out / "models" / "run.pt")], command
+    train.main(argv)
+    assert load_checkpoint(out / "models" / "run.pt")["epoch"] == 2
 
 
 def test_a_run_whose_images_moved_resumes_with_data(dataset, tmp_path, capsys):
