@@ -145,11 +145,11 @@ def probabilities(model, tensors, device, explain=False):
 
 def predict(model, paths, device, batch_size, explain, failures):
     """Yield (path, input tensor, probabilities, attention map or None) per readable image, batch by batch."""
-    size, transform = model.preprocess["resize_size"], eval_transform(model.preprocess)
+    transform = eval_transform(model.preprocess)
     bar = tqdm(total=len(paths), unit="img", disable=len(paths) < 2, file=sys.stderr)
     for start in range(0, len(paths), batch_size):
         batch, chunk = [], paths[start:start + batch_size]
-        decoded = decode_many(chunk, size, interpolation=model.preprocess["interpolation"])
+        decoded = decode_many(chunk, model.preprocess)
         for path, (image, why) in zip(chunk, decoded):  # decoded as training's test images are
             if image is None:
                 failures.append(f"{path}: {why}")
@@ -227,8 +227,7 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=
     if unknown:
         raise UserError(f"{split}: class folder(s) {', '.join(unknown)} are not among the model's classes "
                         f"({', '.join(model.classes[:10])}); pass a folder with one sub-folder per class")
-    decoded = load_split(split, folders, model.preprocess["resize_size"], cache_dir,
-                         interpolation=model.preprocess["interpolation"])
+    decoded = load_split(split, folders, model.preprocess, cache_dir)
     if decoded.non_images:
         print(f"{decoded.non_images} in {split}", file=sys.stderr)
     for path, reason in decoded.skipped:

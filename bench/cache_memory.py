@@ -29,7 +29,8 @@ def case(split_dir, size, part_mib):
     data.PART_BYTES = part_mib * 2**20
     with tempfile.TemporaryDirectory() as cache:
         before = resident()
-        decoded = data.load_split(split_dir, data.class_folders(Path(split_dir)), size, cache_dir=cache)
+        preprocess = dict(resize_size=size, interpolation="bilinear")
+        decoded = data.load_split(split_dir, data.class_folders(Path(split_dir)), preprocess, cache_dir=cache)
         after_decode = resident()
         for image in decoded.images:  # read every pixel once
             image.max()

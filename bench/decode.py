@@ -29,7 +29,8 @@ times = {(size, threads): [] for size in args.sizes for threads in args.threads}
 for _ in range(args.repeats):
     for size, threads in times:
         start = time.perf_counter()
-        decoded = data.load_split(args.split_dir, classes, size, threads=threads)
+        decoded = data.load_split(args.split_dir, classes, dict(resize_size=size, interpolation="bilinear"),
+                                  threads=threads)
         times[size, threads].append(time.perf_counter() - start)
 n = len(decoded.images)
 print(f"# {n} images of {args.split_dir}, {os.cpu_count()} cores, median of {args.repeats}")

@@ -3,6 +3,7 @@ are not lost), and the flags --resume names as ignored."""
 import argparse
 import io
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ from matplotlib.figure import Figure
 
 from vit import UserError
 import vit.checkpoint
-from vit.checkpoint import (CheckpointWriter, cpu_copy, restore_training, resumed_args, save_checkpoint,
-                            training_checkpoint)
+from vit.checkpoint import (CheckpointWriter, check_run_files, cpu_copy, restore_training, resumed_args,
+                            save_checkpoint, training_checkpoint)
 from vit.data import DATA_DIR
 from vit.files import replace_atomically, write_text
 from vit.plots import save_figure
@@ -203,3 +204,22 @@ def test_resuming_restores_the_optimiser_schedule_and_gradient_scaler(tmp_path):
     assert restore_training(ckpt, fresh_optimizer, fresh_scheduler, fresh_scaler) == ([{"epoch": 3}], 0.5, 3)
     assert fresh_scheduler.last_epoch == 3 and fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
     assert fresh_optimizer.state_dict()["state"][0]["step"] == 3 and fresh_scaler.get_scale() == 256.0
+
+
+def test_run_file_refusals_suggest_flags_a_shell_reads_back(tmp_path):
+    """The --resume / --pretrained that check_run_files suggests, pasted into a shell, name the file even where its
+    path holds a space (unquoted, `--resume my runs/models/run.pt` resumes `my`)."""
+    models = tmp_path / "my runs" / "models"
+    models.mkdir(parents=True)
+    last, best, earlier, moved = (models / name for name in ("run.pt", "run-best.pt", "epoch1.pt", "moved.pt"))
+    for path in (last, earlier):
+        path.write_bytes(b"x")
+    for resume, flags in ((None, {"--resume": last}), (earlier, {"--pretrained": earlier})):
+        with pytest.raises(UserError) as e:
+            check_run_files(last, best, resume)
+        for flag, path in flags.items():
+            assert shlex.split(str(e.value).split(f" {flag} ")[1])[0] == str(path), str(e.value)
+    last.unlink()
+    with pytest.raises(UserError) as e:
+        check_run_files(last, best, moved)
+    assert shlex.split(str(e.value).split(" --pretrained ")[1]) == [str(moved)]

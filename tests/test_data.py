@@ -25,6 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def resized(size):
+    """The preprocessing keys decode reads: shorter side `size`, bilinear."""
+    return {"resize_size": size, "interpolation": "bilinear"}
+
+
 def write_image(path, size=(8, 6), color=(200, 30, 30), mode="RGB"):
     """Write a small solid-colour image (format from the suffix) and return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +107,7 @@ def test_images_in_linked_folders_count_as_imagefolder_counts_them(tmp_path):
     write_image(tmp_path / "train" / "a" / "own.png")
     write_image(tmp_path / "train" / "b" / "own.png")
     os.symlink(tmp_path / "elsewhere", tmp_path / "train" / "a" / "more")  # a linked sub-folder of a class
-    decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    decoded = data.load_split(tmp_path / "train", ["a", "b"], resized(8))
     folder = torchvision.datasets.ImageFolder(tmp_path / "train")
     assert decoded.labels == [0, 0, 0, 0, 1] and len(folder) == 5
 
@@ -134,7 +139,7 @@ def test_find_splits_empty_class_folder(tmp_path):
     with pytest.raises(UserError, match=r"train[/\\]c: no images"):
         data.find_splits(tmp_path)
     with pytest.raises(UserError, match=r"train[/\\]c: no images \(.*\); add images or remove the class folder$"):
-        data.load_split(tmp_path / "train", ["a", "b", "c"], size=8)  # as predict.py --evaluate gives it classes
+        data.load_split(tmp_path / "train", ["a", "b", "c"], resized(8))  # as predict.py --evaluate gives it classes
 
 
 def test_find_splits_no_class_folders(tmp_path):
@@ -164,7 +169,7 @@ def test_load_split_skips_non_images_and_corrupt_images(tmp_path):
     (tmp_path / "train" / "b" / "truncated.png").write_bytes(good.getvalue()[:2000])
     (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
     os.replace(tmp_path / "gone.png", tmp_path / "train" / "b" / "gone.png")  # a link to a file that is gone
-    decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    decoded = data.load_split(tmp_path / "train", ["a", "b"], resized(8))
     assert decoded.non_images == "skipped 4 non-image file(s): hidden 2, .jfif 1, .txt 1"
     assert len(decoded.images) == len(decoded.labels) == len(decoded.paths) == 4
     assert sorted(Path(p).name for p, _ in decoded.skipped) == ["garbage.jpg", "gone.png", "truncated.png"]
@@ -182,8 +187,8 @@ def test_load_split_in_threads_equals_one_by_one(tmp_path):
             pixels = torch.randint(0, 256, (12 + i, 9 + 2 * i, 3), generator=g, dtype=torch.uint8)
             Image.fromarray(pixels.numpy()).save(tmp_path / "train" / c / f"{i}.png")
     (tmp_path / "train" / "b" / "2_garbage.jpg").write_bytes(b"not a jpeg")
-    one = data.load_split(tmp_path / "train", ["a", "b"], size=8, threads=1)
-    four = data.load_split(tmp_path / "train", ["a", "b"], size=8, threads=4)
+    one = data.load_split(tmp_path / "train", ["a", "b"], resized(8), threads=1)
+    four = data.load_split(tmp_path / "train", ["a", "b"], resized(8), threads=4)
     assert len(one.images) == 10 and all(torch.equal(x, y) for x, y in zip(one.images, four.images))
     assert (one.labels, one.paths, one.skipped) == (four.labels, four.paths, four.skipped)
     assert [Path(p).name for p, _ in four.skipped] == ["2_garbage.jpg"]
@@ -202,7 +207,7 @@ def test_class_with_only_corrupt_images_is_an_error(tmp_path):
     make_tree(tmp_path, classes=("a", "b"), per_class=1)
     (tmp_path / "train" / "b" / "0.png").write_bytes(b"junk")
     with pytest.raises(UserError, match=r"train[/\\]b: none of its images could be decoded"):
-        data.load_split(tmp_path / "train", ["a", "b"], size=8)
+        data.load_split(tmp_path / "train", ["a", "b"], resized(8))
 
 
 @pytest.mark.parametrize("name,mode,color,expected", [
@@ -248,7 +253,7 @@ def test_decompression_bomb_refused_and_one_below_it_named(tmp_path, monkeypatch
 def test_load_split_resizes_shorter_side_keeping_aspect(tmp_path):
     write_image(tmp_path / "a" / "wide.png", size=(40, 20))
     write_image(tmp_path / "a" / "tall.png", size=(10, 30))
-    decoded = data.load_split(tmp_path, ["a"], size=10)
+    decoded = data.load_split(tmp_path, ["a"], resized(10))
     shapes = {Path(p).name: tuple(t.shape) for p, t in zip(decoded.paths, decoded.images)}
     assert shapes == {"wide.png": (3, 10, 20), "tall.png": (3, 30, 10)}
     assert all(t.dtype == torch.uint8 for t in decoded.images)
@@ -258,7 +263,7 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=2)
     split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
     Image.new("RGB", (8, 6), (200, 30, 30)).save(split / "a" / "0.png", format="BMP")  # its size never changes
-    first = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+    first = data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
     assert len(list(cache.glob("*.pt"))) == 2  # the index and one part of images
 
     def no_decode(path, size):
@@ -266,10 +271,10 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(data, "decode", no_decode)
-        second = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+        second = data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
     assert second.labels == first.labels and second.paths == first.paths and second.cached and not first.cached
     assert all(torch.equal(x, y) for x, y in zip(first.images, second.images))
-    moved = data.load_split(tmp_path / "ds" / ".." / "ds" / "train", ["a", "b"], size=8, cache_dir=cache)
+    moved = data.load_split(tmp_path / "ds" / ".." / "ds" / "train", ["a", "b"], resized(8), cache_dir=cache)
     assert moved.cached and moved.paths == [str(tmp_path / "ds" / ".." / "ds" / "train" / p) for p in
                                             ("a/0.png", "a/1.png", "b/0.png", "b/1.png")]  # as this call names them
 
@@ -280,7 +285,7 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     os.replace(tmp_path / "new.png", changed)
     assert changed.stat().st_size == before.st_size and changed.stat().st_mtime_ns == before.st_mtime_ns
     earlier = set(cache.glob("*.pt"))  # the index and part of the first contents, used a moment ago
-    third = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+    third = data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
     assert third.images[0][:, 0, 0].tolist() == [0, 255, 0] and not third.cached
     assert earlier < set(cache.glob("*.pt"))  # kept: a run may still use it (its spawned workers map its files)
     hexes = "ab12" * 5, "cd34" * 5  # indexes and parts of other CACHE_VERSIONs, of any folder: never read again
@@ -291,7 +296,7 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
         path.touch()
         os.utime(path, (time.time() - 2 * 86_400,) * 2)
     write_image(split / "b" / "new.png")
-    data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+    data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
     assert len(set(cache.glob("*.pt"))) == 5 and not (earlier | old_format) & set(cache.glob("*.pt"))
     assert other.exists()
 
@@ -300,10 +305,10 @@ def test_a_cache_is_per_image_size(tmp_path):
     """train.py decodes to its --image-size's resize: a run at another size must not read images of the first."""
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=1)
     split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
-    small = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
-    large = data.load_split(split, ["a", "b"], size=16, cache_dir=cache)
+    small = data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
+    large = data.load_split(split, ["a", "b"], resized(16), cache_dir=cache)
     assert not large.cached and [min(im.shape[1:]) for im in small.images + large.images] == [8, 8, 16, 16]
-    assert data.load_split(split, ["a", "b"], size=8, cache_dir=cache).cached  # each size's cache stays
+    assert data.load_split(split, ["a", "b"], resized(8), cache_dir=cache).cached  # each size's cache stays
 
 
 def mapped_files():
@@ -317,9 +322,9 @@ def test_cached_images_are_memory_mapped_in_parts(tmp_path, monkeypatch):
     """A folder larger than memory trains: decoding holds one part at a time, the images are mapped from the disk."""
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=3)
     split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
-    plain = data.load_split(split, ["a", "b"], size=8)
+    plain = data.load_split(split, ["a", "b"], resized(8))
     monkeypatch.setattr(data, "PART_BYTES", 2 * 3 * 8 * 8 * 4 // 3)  # two images per part
-    decoded = [data.load_split(split, ["a", "b"], size=8, cache_dir=cache) for _ in range(2)]  # decoded, then read
+    decoded = [data.load_split(split, ["a", "b"], resized(8), cache_dir=cache) for _ in range(2)]  # decoded, then read
     parts = sorted(str(p) for p in cache.glob("v*-*-*-*.pt"))
     assert len(parts) == 3 and set(parts) <= mapped_files()
     for d in decoded:
@@ -327,7 +332,7 @@ def test_cached_images_are_memory_mapped_in_parts(tmp_path, monkeypatch):
         assert all(torch.equal(x, y) for x, y in zip(d.images, plain.images))
 
     os.remove(parts[1])  # a part lost: the cache is decoded again, not read short
-    again = data.load_split(split, ["a", "b"], size=8, cache_dir=cache)
+    again = data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
     assert len(again.images) == 6 and Path(parts[1]).exists()
 
 
@@ -368,20 +373,20 @@ def test_a_cached_dataset_goes_to_a_spawned_worker_as_file_names(tmp_path):
     import pickle
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=3)
     for cache in (tmp_path / "cache", tmp_path / "cache"):  # decoded and cached, then read from the cache
-        decoded = data.load_split(tmp_path / "ds" / "train", ["a", "b"], size=64, cache_dir=cache)
+        decoded = data.load_split(tmp_path / "ds" / "train", ["a", "b"], resized(64), cache_dir=cache)
         dataset = data.ImageDataset(decoded, torch.clone)
         sent = pickle.dumps(dataset)
         assert len(sent) < 2000 < sum(image.nbytes for image in decoded.images)  # 6 images of 64 x 64
         received = pickle.loads(sent)
         assert all(torch.equal(received[i][0], dataset[i][0]) for i in range(len(dataset)))
-    uncached = data.ImageDataset(data.load_split(tmp_path / "ds" / "train", ["a", "b"], size=64), torch.clone)
+    uncached = data.ImageDataset(data.load_split(tmp_path / "ds" / "train", ["a", "b"], resized(64)), torch.clone)
     assert len(pickle.dumps(uncached)) > sum(image.nbytes for image in uncached.decoded.images)  # the images
 
 
 def test_a_cache_that_cannot_be_written_warns_and_decodes(tmp_path, capsys):
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=2)
     (tmp_path / "cache").write_text("a file, not a folder")
-    decoded = data.load_split(tmp_path / "ds" / "train", ["a", "b"], size=8, cache_dir=tmp_path / "cache")
+    decoded = data.load_split(tmp_path / "ds" / "train", ["a", "b"], resized(8), cache_dir=tmp_path / "cache")
     assert len(decoded.images) == 4
     err = capsys.readouterr().err
     assert re.match(f"warning: {tmp_path / 'cache'}/[\\w-]+\\.pt: cannot write .*decoded again", err)
@@ -389,10 +394,10 @@ def test_a_cache_that_cannot_be_written_warns_and_decodes(tmp_path, capsys):
 
 def test_more_images_than_memory_warns_before_decoding(tmp_path, capsys, monkeypatch):
     make_tree(tmp_path, classes=("a", "b"), per_class=2)
-    data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    data.load_split(tmp_path / "train", ["a", "b"], resized(8))
     assert capsys.readouterr().err == ""  # 4 images of 8 px fit
     monkeypatch.setattr(data, "physical_memory", lambda: 1024)  # 4 images of 3 x 8 x 8 x 4/3 bytes need all 1 KiB
-    decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    decoded = data.load_split(tmp_path / "train", ["a", "b"], resized(8))
     assert len(decoded.images) == 4  # a warning, not an error: the estimate assumes 4:3 photos
     assert capsys.readouterr().err == (f"warning: {tmp_path / 'train'}: 4 images take about 0.0 GiB once decoded, all "
                                        "kept in memory (this machine has 0.0 GiB); if the run is killed, use fewer "
@@ -401,7 +406,7 @@ def test_more_images_than_memory_warns_before_decoding(tmp_path, capsys, monkeyp
 
 def test_image_dataset(tmp_path):
     make_tree(tmp_path, classes=("a", "b"), per_class=2)
-    decoded = data.load_split(tmp_path / "train", ["a", "b"], size=8)
+    decoded = data.load_split(tmp_path / "train", ["a", "b"], resized(8))
     dataset = data.ImageDataset(decoded, lambda x: x.float() / 255)
     assert len(dataset) == 4
     x, y = dataset[3]
@@ -438,7 +443,7 @@ def test_decoded_eval_crop_equals_the_pretrained_weights_own_transforms(tmp_path
     path = tmp_path / "photo.png"
     Image.fromarray(pixels.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()).save(path)
     resize = preprocess["resize_size"]
-    decoded = data.decode(path, resize, preprocess["interpolation"])
+    decoded = data.decode(path, preprocess)
     long = int(resize * max(size) / min(size))
     assert tuple(decoded.shape[1:]) == ((long, resize) if size[1] > size[0] else (resize, long))
     with Image.open(path) as image:
@@ -457,14 +462,14 @@ def test_split_decoded_and_cached_with_the_preprocessings_resampling(tmp_path):
         pixels = torch.nn.functional.interpolate(small[None].float(), size=size[::-1], mode="bicubic")[0]
         (split / name).parent.mkdir(parents=True)
         Image.fromarray(pixels.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()).save(split / name)
-    data.load_split(split, ["a", "b"], 384, cache, interpolation="bilinear")
-    decoded = data.load_split(split, ["a", "b"], 384, cache, interpolation=preprocess["interpolation"])
+    data.load_split(split, ["a", "b"], dict(preprocess, interpolation="bilinear"), cache)
+    decoded = data.load_split(split, ["a", "b"], preprocess, cache)
     assert not decoded.cached  # the bilinear cache of the same folder and size is not this one
     crops = data.eval_normalise(preprocess)(data.eval_images(decoded, preprocess).tensors[0])
     with Image.open(split / "a/wide.png") as a, Image.open(split / "b/tall.png") as b:
         expected = torch.stack([weights.transforms()(image.convert("RGB")) for image in (a, b)])
     assert (crops - expected).abs().max() < 1e-5
-    again = data.load_split(split, ["a", "b"], 384, cache, interpolation=preprocess["interpolation"])
+    again = data.load_split(split, ["a", "b"], preprocess, cache)
     assert again.cached and all(torch.equal(x, y) for x, y in zip(again.images, decoded.images))
 
 
@@ -631,7 +636,7 @@ def test_bundled_fashion_mnist_small_is_valid():
             assert len(list((split_dir / name).glob("*.png"))) == count, split_dir / name
     size = sum(p.stat().st_size for p in (REPO / "data" / "fashion_mnist_small").rglob("*"))
     assert size < 2_000_000
-    decoded = data.load_split(splits.test_dir, splits.classes, size=28)
+    decoded = data.load_split(splits.test_dir, splits.classes, resized(28))
     assert len(decoded.images) == 300 and not decoded.skipped and decoded.images[0].shape == (3, 28, 28)
 
 
@@ -639,6 +644,6 @@ def test_bundled_fashion_mnist_small_is_valid():
 def test_shared_pizza_steak_sushi():
     splits = data.find_splits(SHARED / "pizza_steak_sushi")
     assert splits.classes == ["pizza", "steak", "sushi"]
-    decoded = data.load_split(splits.train_dir, splits.classes, size=32)
+    decoded = data.load_split(splits.train_dir, splits.classes, resized(32))
     assert len(decoded.images) == 225 and not decoded.skipped
     assert all(t.shape[0] == 3 and min(t.shape[1:]) == 32 for t in decoded.images)

@@ -59,7 +59,7 @@ def ckpt(tmp_path_factory):
 
 def direct_probs(model, path):
     """The model called by hand on the image preprocessed as its checkpoint says."""
-    x = eval_transform(model.preprocess)(decode(path, model.preprocess["resize_size"]))
+    x = eval_transform(model.preprocess)(decode(path, model.preprocess))
     with torch.no_grad():
         return model(x[None]).softmax(-1)[0]
 

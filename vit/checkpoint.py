@@ -1,6 +1,7 @@
 """Checkpoints that hold everything needed to rebuild, evaluate and resume a model (as nanoGPT's do)."""
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import threading
@@ -182,19 +183,25 @@ def run_files(out_dir, name):
     return models / f"{name}.pt", models / f"{name}-best.pt", Path(out_dir) / "results" / name
 
 
+def quoted(path):
+    """`path` as a shell reads it back (quoted where it holds a space or another special character)."""
+    return shlex.quote(str(path))
+
+
 def check_run_files(last, best, resume=None):
     """Refuse a new run that would overwrite another's checkpoint `last`, and a --resume of a file other than its
-    run's own (run_files): an earlier RUN-best.pt would be overwritten, a moved one resumed into the wrong folder."""
+    run's own (run_files): an earlier RUN-best.pt would be overwritten, a moved one resumed into the wrong folder. The
+    flags it suggests are shell-quoted, to be pasted as they are."""
     if not resume:
         if last.exists():
             raise UserError(f"{last}: a run of this name exists; pick another --name or continue it with "
-                            f"--resume {last}")
+                            f"--resume {quoted(last)}")
     elif last.exists() and not os.path.samefile(resume, last):  # e.g. RUN-best.pt of a run that went on
-        raise UserError(f"{resume}: an earlier checkpoint of the run saved in {last}, which resuming would "
-                        f"overwrite; resume {last}, or start a new run from these weights: --pretrained {resume}")
+        raise UserError(f"{resume}: an earlier checkpoint of the run saved in {last}, which resuming would overwrite; "
+                        f"resume {quoted(last)}, or start a new run from these weights: --pretrained {quoted(resume)}")
     elif not last.exists() and Path(resume).resolve() != best.resolve():  # moved, copied or renamed
         raise UserError(f"{resume}: resuming writes the run {last.stem} to {last}, which this file is not; put it back "
-                        f"there, or start a new run from its weights: --pretrained {resume}")
+                        f"there, or start a new run from its weights: --pretrained {quoted(resume)}")
 
 
 def resumed_args(ckpt, args, keep, given=()):
@@ -221,7 +228,7 @@ def resume_settings(ckpt, args, given, resumable, movable):
     resumed, ignored = resumed_args(ckpt, args, changed + moved, given)
     if "data" not in moved and not Path(resumed.data).is_dir():
         raise UserError(f"{resumed.data}: the run's images are no longer there; if they have moved, resume with "
-                        f"--resume {args.resume} --data NEW_FOLDER")
+                        f"--resume {quoted(args.resume)} --data NEW_FOLDER")
     return resumed, ignored
 
 

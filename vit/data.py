@@ -231,14 +231,15 @@ class Decoded:
     parts: list = field(default_factory=list)  # the cache files holding `images` in order, where all of them are
 
 
-def decode(path, size, interpolation="bilinear"):
-    """open_rgb, resize so the shorter side is `size` (aspect kept), return a uint8 tensor (3, H, W).
+def decode(path, preprocess):
+    """open_rgb, resize so the shorter side is preprocess["resize_size"] (aspect kept), return a uint8 tensor (3, H, W).
 
-    The longer side is int(size * long / short), truncated as torchvision's Resize computes it (640 x 427 -> 383 x
-    256), and the resampling is the preprocessing's `interpolation` (model.preprocess["interpolation"]: bicubic for
-    torchvision's SWAG weights), mapped to Pillow's as torchvision's Resize maps it for a PIL image, so
-    eval_transform's crop is then exactly what the pretrained weights' own transforms() give (its Resize finds the
-    size already right and does nothing)."""
+    `preprocess` is the model's (model.preprocess; only "resize_size" and "interpolation" are read). The longer side
+    is int(size * long / short), truncated as torchvision's Resize computes it (640 x 427 -> 383 x 256), and the
+    resampling is the preprocessing's "interpolation" (bicubic for torchvision's SWAG weights), mapped to Pillow's as
+    torchvision's Resize maps it for a PIL image, so eval_transform's crop is then exactly what the pretrained
+    weights' own transforms() give (its Resize finds the size already right and does nothing)."""
+    size, interpolation = preprocess["resize_size"], preprocess["interpolation"]
     image = open_rgb(path)
     w, h = image.size
     long = max(1, int(size * max(w, h) / min(w, h)))
@@ -248,10 +249,10 @@ def decode(path, size, interpolation="bilinear"):
     return v2.functional.pil_to_tensor(image)
 
 
-def _decode_or_why(path, size, interpolation="bilinear"):
-    """(decode(path, size, interpolation), None), or (None, why) for an image that cannot be read."""
+def _decode_or_why(path, preprocess):
+    """(decode(path, preprocess), None), or (None, why) for an image that cannot be read."""
     try:
-        return decode(path, size, interpolation), None
+        return decode(path, preprocess), None
     except UserError as e:
         return None, str(e).removeprefix(f"{path}: ")
 
@@ -264,15 +265,15 @@ def physical_memory():
         return None
 
 
-def decode_many(paths, size, threads=THREADS, interpolation="bilinear"):
+def decode_many(paths, preprocess, threads=THREADS):
     """decode() every path in `threads` threads: a list in the same order of (tensor, None) or (None, why)."""
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(_decode_or_why, paths, repeat(size), repeat(interpolation)))
+        return list(pool.map(_decode_or_why, paths, repeat(preprocess)))
 
 
-def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS, interpolation="bilinear"):
-    """Decode every image of split_dir/<class>/ once (decode_many, resampled with `interpolation`: pass
-    model.preprocess["interpolation"]); corrupt ones go to `skipped`.
+def load_split(split_dir, classes, preprocess, cache_dir=None, threads=THREADS):
+    """Decode every image of split_dir/<class>/ once (decode_many, resized as `preprocess`, the model's, says);
+    corrupt ones go to `skipped`.
 
     With cache_dir the decoded images are written there in parts of about PART_BYTES, each memory-mapped back once
     written, and later runs map the parts again: the images live in the system's file cache, so a folder larger
@@ -282,6 +283,7 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS, interp
     files = [(label, p) for label, name in enumerate(classes) for p in list_files(split_dir / name)]
     images = [(label, p) for label, p in files if is_image(p)]
     non_images = non_image_note([p for _, p in files])  # from the folder as it is now, also for a cache's images
+    size, interpolation = preprocess["resize_size"], preprocess["interpolation"]
     per_image = 3 * size * size * 4 // 3  # bytes of a decoded 4:3 photo
     cache = None
     if cache_dir is not None:  # one cache per (folder, classes, size, resampling), named for the images' stats
@@ -302,7 +304,7 @@ def load_split(split_dir, classes, size, cache_dir=None, threads=THREADS, interp
     step = max(1, PART_BYTES // per_image)
     for first in range(0, len(images), step):  # one part in memory at a time
         part = images[first:first + step]
-        kept, decoded = [], decode_many([path for _, path in part], size, threads, interpolation)
+        kept, decoded = [], decode_many([path for _, path in part], preprocess, threads)
         for (label, path), (image, why) in zip(part, decoded):
             if image is None:
                 out.skipped.append((str(path), why))

@@ -17,8 +17,7 @@ def decode_splits(splits, preprocess, cache_dir):
     model's) says, rank 0 first: it decodes and fills the cache, the others then read it. Says what each split
     holds."""
     with master_first():
-        decoded = {split: data.load_split(d, splits.classes, preprocess["resize_size"], cache_dir,
-                                          interpolation=preprocess["interpolation"])
+        decoded = {split: data.load_split(d, splits.classes, preprocess, cache_dir)
                    for split, d in (("train", splits.train_dir), ("test", splits.test_dir))}
     for (split, dec), folder in zip(decoded.items(), (splits.train_dir, splits.test_dir)):
         notes = "".join(f"; {note}" for note in ("read from the cache" if dec.cached else "", dec.non_images) if note)
