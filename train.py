@@ -27,7 +27,7 @@ from vit import data, plots
 from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, load_checkpoint, model_flags,
                             model_from_checkpoint, restore_training, resume_settings, run_files, training_checkpoint)
 from vit.device import mixed_precision, pick_device
-from vit.distributed import all_reduce, data_parallel, init_processes, is_master, log, share_buffers
+from vit.distributed import all_reduce, data_parallel, init_processes, is_master, log, own_share, share_buffers
 from vit.errors import UserError, bounded, file_name, printable_output
 from vit.files import make_folders, write_text
 from vit.loaders import decode_splits, make_loaders
@@ -146,8 +146,9 @@ def parse_args(argv=None):
     return args
 
 
-def train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, device, autocast, desc):
-    """One pass over the training data; returns (mean loss, accuracy) over all processes' samples."""
+def train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, device, autocast, desc, own=math.inf):
+    """One pass over the training data; returns (mean loss, accuracy) over all processes' samples, each counted once:
+    a process counts the `own` first of its share (vit.distributed.own_share), the rest being padding."""
     net.train()
     totals = torch.zeros(3, device=device)  # summed loss, correct predictions, samples
     params = [p for p in net.parameters() if p.requires_grad]
@@ -165,10 +166,15 @@ def train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, device, au
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        # with Mixup/CutMix, accuracy is measured against the unmixed labels
-        totals[0] += loss.detach() * len(y)
-        totals[1] += (logits.argmax(1) == y).sum()
-        totals[2] += len(y)
+        # with Mixup/CutMix, accuracy is measured against the unmixed labels; the repeats that pad a share (at its
+        # end) are trained on but not counted, so the figures count each image once
+        n = min(len(y), own)
+        own -= n
+        with torch.no_grad():
+            totals[0] += loss * n if n == len(y) else F.cross_entropy(
+                logits[:n].float(), target[:n], label_smoothing=args.label_smoothing, reduction="sum")
+        totals[1] += (logits[:n].argmax(1) == y[:n]).sum()
+        totals[2] += n
     loss_sum, correct, count = all_reduce(totals).tolist()
     return loss_sum / count, correct / count
 
@@ -208,6 +214,11 @@ def train(args):
     device, world, rank = init_processes(pick_device(args.device))
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
+    trained_in = ckpt.get("world_size", world) if ckpt else world  # older checkpoints do not say: no note
+    if trained_in != world:  # each process deals its own share of the data: another number, another order
+        same = resume_cli(trained_in, last)
+        log(f"note: the run trained in {trained_in} process{'es' * (trained_in > 1)}, this session in {world}: the "
+            f"data order, and so the results, differ from an uninterrupted run's (the same order: {same})")
     if args.workers is None:
         args.workers = 0 if device.type == "cpu" else min(8, os.cpu_count())
     autocast, scaler = mixed_precision(device, args.precision)
@@ -238,6 +249,7 @@ def train(args):
     train_loader, test_loader, normalise, sampler = make_loaders(decoded, model, args, generator, device, world, rank,
                                                                  autocast, workers_given="workers" in given)
     mix = data.MixupCutmix(len(splits.classes), p=args.mixup) if args.mixup > 0 and not args.freeze else None
+    own = own_share(len(decoded["train"].images), world, rank)  # the training images this process counts
 
     # optimiser and schedule
     fast = torch.compile(trained, mode=args.compile) if args.compile else trained
@@ -268,7 +280,7 @@ def train(args):
             data.seed_epoch(args.seed, epoch, rank, generator, sampler)
             lr = optimizer.param_groups[0]["lr"]
             train_loss, train_acc = train_epoch(net, train_loader, optimizer, scheduler, scaler, mix, args, device,
-                                                autocast, desc=f"epoch {epoch + 1}/{args.epochs}")
+                                                autocast, desc=f"epoch {epoch + 1}/{args.epochs}", own=own)
             if not math.isfinite(train_loss):
                 writer.close()
                 kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
@@ -285,7 +297,7 @@ def train(args):
                 f"lr {lr:.2e} | {metrics[-1]['seconds']:.1f}s")
             if is_master():
                 ckpt = training_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch + 1, metrics=metrics,
-                                           best_acc=best_acc, args=args, commit=commit)
+                                           best_acc=best_acc, args=args, commit=commit, world=world)
                 writer.save(ckpt, *([last, best] if is_best else [last]))
                 saved = epoch + 1  # on disk once the writer is closed
                 write_text(results / "metrics.json", json.dumps(metrics, indent=1) + "\n")

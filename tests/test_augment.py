@@ -10,6 +10,7 @@ import vit.augment
 from vit.augment import (OPS, SPACE, BatchAugment, DeviceImages, DeviceLoader, apply_ops, crop_boxes, magnitudes,
                          padded_bytes, too_large)
 from vit.data import Decoded, train_transform
+from vit.distributed import own_share
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -291,6 +292,8 @@ def test_loader_shards_across_ranks(n):
         shards.append(labels)
     assert set(shards[0] + shards[1]) == set(range(n))
     assert len(set(shards[0]) & set(shards[1])) == n % 2  # disjoint but for the one index padding repeats
+    own = [shard[:own_share(n, 2, rank)] for rank, shard in enumerate(shards)]  # what train_epoch counts
+    assert sorted(own[0] + own[1]) == list(range(n))  # the repeat ends a share: without it, each index once
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

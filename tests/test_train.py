@@ -13,16 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
 
 import train
 from vit import augment, data
 from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from vit.device import mixed_precision
-from vit.distributed import log
+from vit.distributed import log, own_share
 from vit.errors import UserError
+from vit.loaders import make_loaders
 from vit.model import VisionTransformer, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +167,30 @@ def test_train_epoch_reports_the_smoothed_loss_and_accuracy_over_samples(monkeyp
     loss, accuracy = train.train_epoch(net, loader, optimizer, scheduler, scaler, None, args, torch.device("cpu"),
                                        contextlib.nullcontext, desc="test")
     assert loss == pytest.approx((5 * expected + 3) / 10) and accuracy == pytest.approx(4 / 10)  # all samples
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_train_epoch_counts_each_image_once_when_a_distributed_sampler_pads_the_shares(batch_size, monkeypatch):
+    """DistributedSampler pads 5 images to 6, so that 2 processes get 3 each: the repeat (at the end of rank 1's
+    share, alone in its batch or after two of rank 1's own) is trained on, but the figures count 5 images once."""
+    net = torch.nn.Linear(2, 3)
+    x, y = torch.tensor([[2.0, 0], [0, 2], [1, 3], [0, 0.5], [3, 1]]), torch.tensor([0, 1, 0, 2, 1])
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # nothing moves: every batch sees the same logits
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    args = argparse.Namespace(label_smoothing=0.1, clip_grad=1.0)
+    _, scaler = mixed_precision(torch.device("cpu"))
+    totals = []  # each process's sums, which all_reduce adds up under torchrun
+    monkeypatch.setattr(train, "all_reduce", lambda t: totals.append(t.clone()) or t)
+    for rank in range(2):
+        sampler = DistributedSampler(TensorDataset(x, y), 2, rank, seed=0)
+        loader = DataLoader(TensorDataset(x, y), batch_size, sampler=sampler)
+        assert sum(len(b) for b, _ in loader) == 3  # 5 images in shares of 3
+        train.train_epoch(net, loader, optimizer, scheduler, scaler, None, args, torch.device("cpu"),
+                          contextlib.nullcontext, desc="test", own=own_share(5, 2, rank))
+    loss_sum, correct, count = sum(totals).tolist()
+    with torch.no_grad():
+        expected = F.cross_entropy(net(x), y, label_smoothing=0.1, reduction="sum").item()
+    assert count == 5 and correct == (net(x).argmax(1) == y).sum() and loss_sum == pytest.approx(expected)
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(reference, dataset, tmp_path, capsys):
@@ -348,6 +377,41 @@ def test_freeze_runs_backbone_once_per_image(dataset, tmp_path, monkeypatch, cap
             assert value.shape[0] == 1000 and state[key].shape[0] == 2 and state[key].abs().sum() > 0
         else:
             assert torch.equal(state[key], value), key
+
+
+def freeze_features(rank, world, dataset, out=None):
+    """--freeze's training features (make_loaders) of the first 23 training images, and how many images (training
+    and test) went through the backbone in this process; with `out`, as process `rank` of `world` (gloo), saved
+    there. A function of the module: torch.multiprocessing.spawn's processes import it."""
+    if out:
+        dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=world)
+    torch.manual_seed(0)  # the same tiny model in every process
+    model = build_model("vit_ti_16", num_classes=2, image_size=16, patch_size=4, num_layers=2)
+    decoded = {split: data.load_split(dataset / split, ["bright", "dark"], model.preprocess)
+               for split in ("train", "test")}
+    decoded["train"].images, decoded["train"].labels = decoded["train"].images[:23], decoded["train"].labels[:23]
+    args = argparse.Namespace(freeze=True, batch_size=4, workers=0, trivial_augment=0.0, augment="auto", seed=0)
+    seen, original = [], model.forward_features
+    model.forward_features = lambda x: seen.append(len(x)) or original(x)
+    loader = make_loaders(decoded, model, args, torch.Generator(), torch.device("cpu"), world, rank,
+                          contextlib.nullcontext)[0]
+    result = (*loader.dataset.tensors, sum(seen))
+    if out:
+        torch.save(result, out / f"{rank}.pt")
+        dist.destroy_process_group()
+    return result
+
+
+def test_freeze_under_torchrun_each_process_computes_its_share_of_the_features(dataset, tmp_path):
+    """Each of 2 processes puts its share of the training images through the backbone (12 and 11 of 23), then all
+    hold every image's features in order, as one process computes them."""
+    features, labels, seen = freeze_features(0, 1, dataset)
+    assert seen == 23 + N_TEST and labels.tolist() == [0] * 12 + [1] * 11
+    mp.spawn(freeze_features, (2, dataset, tmp_path), nprocs=2)
+    for rank in range(2):
+        shared_features, shared_labels, shared_seen = torch.load(tmp_path / f"{rank}.pt")
+        assert shared_seen == own_share(23, 2, rank) + N_TEST // 2
+        assert torch.equal(shared_labels, labels) and torch.allclose(shared_features, features, atol=1e-5)
 
 
 def test_pretrained_torchvision_file_builds_the_table_1_model_of_its_shapes(dataset, tmp_path, capsys):
@@ -594,6 +658,38 @@ def test_ddp_two_processes_write_once(where, dataset, tmp_path):
     ckpt = load_checkpoint(tmp_path / "models" / "ddp.pt")  # counted over all test images, by the model saved (the
     accuracy, loss = accuracy_of(model_from_checkpoint(ckpt), dataset, loss=True)  # conv stem's batch norm: rank 0's)
     assert (accuracy, loss) == (pytest.approx(metrics[0]["test_acc"]), pytest.approx(metrics[0]["test_loss"], 1e-5))
+
+
+def test_resumed_in_another_number_of_processes_a_run_goes_on_and_says_so(dataset, tmp_path, capsys):
+    """The checkpoint records its processes, as each deals its own share of the data: resumed in another number,
+    the run goes on and says in one line that its order differs, and how to resume it in the same; a checkpoint
+    from before the record says nothing. Under torchrun the training figures count each image once (23:
+    DistributedSampler pads them to 24)."""
+    images = tmp_path / "images"
+    shutil.copytree(dataset, images)
+    (images / "train" / "dark" / "0.png").unlink()
+    result = run_script(*flags(images, tmp_path, "--epochs", "4", "--name", "run", "--stop-after", "1"),
+                        launcher=TORCHRUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = tmp_path / "models" / "run.pt"
+    ckpt = load_checkpoint(path)
+    correct = ckpt["metrics"][0]["train_acc"] * (N_TRAIN - 1)
+    assert ckpt["world_size"] == 2 and correct == pytest.approx(round(correct))  # out of 23, not 24
+    older = tmp_path / "older"  # the same run, its checkpoint written before the record
+    for folder in ("models", "results"):
+        shutil.copytree(tmp_path / folder, older / folder)
+    del ckpt["world_size"], ckpt["path"]
+    save_checkpoint(ckpt, older / "models" / "run.pt")
+    capsys.readouterr()
+    train.main(["--resume", str(path), "--stop-after", "1"])  # 2 processes, now 1
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: the run trained in 2 processes, this session in 1: the data order, and so the results, "
+                     f"differ from an uninterrupted run's (the same order: {train.resume_cli(2, path.resolve())})"]
+    train.main(["--resume", str(path), "--stop-after", "1"])  # 1, now 1
+    train.main(["--resume", str(older / "models" / "run.pt"), "--stop-after", "1"])  # not recorded, now 1
+    assert "note:" not in capsys.readouterr().out
+    assert [(c["epoch"], c["world_size"]) for c in map(load_checkpoint, (path, older / "models" / "run.pt"))] == \
+        [(3, 1), (2, 1)]
 
 
 def test_ddp_compiled_splits_the_graph_at_its_buckets_without_warnings(tmp_path, monkeypatch):

@@ -160,12 +160,13 @@ def model_checkpoint(model):
             "state_dict": model.state_dict(), "classes": model.classes, "preprocess": model.preprocess}
 
 
-def training_checkpoint(model, optimizer, scheduler, scaler, *, epoch, metrics, best_acc, args, commit):
+def training_checkpoint(model, optimizer, scheduler, scaler, *, epoch, metrics, best_acc, args, commit, world=1):
     """model_checkpoint plus what --resume needs: epochs done, optimiser, schedule, gradient scaler, metrics,
-    best test accuracy, the run's arguments and the project's git commit."""
+    best test accuracy, the run's arguments, the project's git commit and the number of processes (torchrun's: each
+    deals its own share of the data, so the number decides the order)."""
     return {**model_checkpoint(model), "epoch": epoch, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "metrics": metrics, "best_acc": best_acc, "args": vars(args), "git_commit": commit}
+            "metrics": metrics, "best_acc": best_acc, "args": vars(args), "git_commit": commit, "world_size": world}
 
 
 def restore_training(ckpt, optimizer, scheduler, scaler):

@@ -38,6 +38,27 @@ def all_reduce(t):
     return t
 
 
+def own_share(n, world, rank):
+    """How many of n samples this process trains on that no other does. A DistributedSampler (and
+    augment.DeviceLoader) deals the n round-robin after padding them to a multiple of world with repeats, so a share
+    is its own samples, then at most a repeat at its end: this many of it count towards the epoch's figures."""
+    return len(range(rank, n, world))
+
+
+def gather_shares(t, n):
+    """The rows of n samples dealt round-robin to the processes, this one holding rows rank, rank + world, ... as t:
+    all n in their order, in every process (on t's device); alone, t itself."""
+    if not dist.is_initialized():
+        return t
+    world, device = dist.get_world_size(), t.device
+    rows = -(-n // world)  # the longest share; shorter ones are padded to it, as all_gather needs equal tensors
+    t = t.to("cuda" if dist.get_backend() == "nccl" else "cpu")  # CUDA tensors for NCCL, CPU ones for gloo
+    t = torch.cat([t, t.new_zeros(rows - len(t), *t.shape[1:])])
+    shares = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(shares, t)
+    return torch.stack(shares, 1).flatten(0, 1)[:n].to(device)  # row i of rank r is sample r + i * world
+
+
 def share_buffers(module):
     """Rank 0's buffers (batch norm's running statistics) in every process: DDP sends them at the start of each
     training step, so after an epoch each process holds its own; all then evaluate the model rank 0 saves."""

@@ -4,11 +4,11 @@ frozen backbone's features of every image, computed once). Test images are prepr
 import time
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from vit import augment, data
-from vit.distributed import log, master_first
+from vit.distributed import gather_shares, log, master_first
 from vit.errors import UserError
 
 
@@ -63,14 +63,16 @@ def make_loaders(decoded, model, args, generator, device, world, rank, autocast,
     test_set = data.eval_images(decoded["test"], pre, range(rank, len(decoded["test"].images), world), args.workers)
     normalise = data.eval_normalise(pre)
     if args.freeze:  # the frozen backbone sees every image once; epochs then train the head on the features
-        t0 = time.perf_counter()
+        t0, n = time.perf_counter(), len(decoded["train"].images)
         crops = data.ImageDataset(decoded["train"], data.eval_transform(pre, normalise=False))  # streamed, not kept
-        train_set = features(model, crops, normalise, 2 * args.batch_size, args.workers, device, autocast)
+        mine = features(model, Subset(crops, range(rank, n, world)), normalise, 2 * args.batch_size, args.workers,
+                        device, autocast)  # each process its share of the training images, then everyone's
+        train_set = TensorDataset(*(gather_shares(t, n) for t in mine.tensors))
         test_set = features(model, test_set, normalise, 2 * args.batch_size, args.workers, device, autocast)
         normalise = torch.nn.Identity()  # the test set holds features now
-        share = f" (test images: rank 0's share of {len(decoded['test'].images)})" if world > 1 else ""
-        log(f"features: {len(train_set) + len(test_set)} images through the frozen backbone once, "
-            f"in {time.perf_counter() - t0:.1f}s{share}")
+        share = f", each of the {world} processes its share" if world > 1 else ""
+        log(f"features: {n + len(decoded['test'].images)} images through the frozen backbone once{share}, "
+            f"in {time.perf_counter() - t0:.1f}s")
     sampler = None
     if not args.freeze and augment_on_device(decoded["train"], args.augment, device):  # images stay on the device
         batch_augment = augment.BatchAugment(model.image_size, pre["mean"], pre["std"],
