@@ -99,6 +99,15 @@ def test_parameter_counts_equal_torchvision():
     assert set(list_models()) == set(CONFIGS) >= {"vit_ti_16", "vit_s_16", "vit_h_14"}
 
 
+def test_every_table1_count_at_224_px_equals_torchvisions():
+    """README's table: every name torchvision builds (ViT-L and ViT-H too) has its parameter count, 1000 classes at
+    224 px; on the meta device, so that no memory is taken for the weights."""
+    with torch.device("meta"):
+        for name in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"):
+            ours = sum(p.numel() for p in build_model(name).parameters())
+            assert ours == sum(p.numel() for p in torchvision_model(name).parameters()), name
+
+
 def test_patch_embedding_is_the_strided_convolution_of_its_weight():
     """Eq. 1's x_p E, computed as one matrix product over flattened patches: the stride-p convolution's
     numbers, and the same gradient for E."""

@@ -304,6 +304,33 @@ def test_bicubic_preprocessing_predicts_what_torchvisions_transforms_give(tmp_pa
     assert got == pytest.approx(dict(zip(CLASSES, expected.tolist())), abs=1e-5)
 
 
+def test_predictions_equal_torchvisions_model_on_its_weights_transforms(tmp_path):
+    """README: predictions equal those of torchvision's model on weights.transforms()(Image.open(path).convert("RGB"))
+    within 1e-5: a small torchvision ViT at 224 px and ours loaded from its state dict, predict.py's decoding and
+    batching against torchvision's own preprocessing, on images wide, tall, small, greyscale and with a palette."""
+    from torchvision.models import ViT_B_32_Weights
+    from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
+    torch.manual_seed(0)
+    tv = TorchvisionViT(224, 32, 2, 2, 32, 64, num_classes=3).eval()
+    with torch.no_grad():
+        for p in tv.parameters():
+            p.normal_(std=0.3)  # probabilities far from uniform, so that another crop would show
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    ours = build_model("vit_b_32", num_classes=3, pretrained=tmp_path / "tv.pth", num_layers=2, num_heads=2,
+                       hidden_dim=32, mlp_dim=64).eval()
+    transforms = ViT_B_32_Weights.IMAGENET1K_V1.transforms()  # resize 256, crop 224, bilinear: our default's
+    images = [write_image(tmp_path / name, seed, size, mode) for seed, (name, size, mode) in enumerate([
+        ("wide.jpg", (640, 427), "RGB"), ("tall.png", (301, 451), "RGB"), ("small.png", (90, 70), "RGB"),
+        ("grey.png", (333, 250), "L"), ("palette.png", (250, 333), "P")])]
+    failures = []
+    predicted = list(predict_script.predict(ours, images, torch.device("cpu"), 2, False, failures))
+    assert not failures and [path for path, *_ in predicted] == images
+    for path, _, probs, _ in predicted:
+        with torch.no_grad(), Image.open(path) as image:
+            expected = tv(transforms(image.convert("RGB"))[None]).softmax(-1)[0]
+        assert expected.max() > 0.5 and (probs - expected).abs().max() <= 1e-5, path
+
+
 def test_pretrained_uses_the_models_classes_and_preprocessing(tmp_path, capsys, monkeypatch):
     model = tiny_model()  # stands in for torchvision's ImageNet ViT-B/16, which cannot be downloaded here
     model.classes = ["tench", "goldfish", "shark"]
