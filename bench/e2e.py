@@ -33,7 +33,9 @@ train_args = [a for a in train_args if a != "--"]
 run = train.parse_args(train_args)
 if run.resume:  # its images and name are the checkpoint's, not these flags'
     sys.exit("e2e.py: time a new run, not --resume (the images counted would be the default --data's)")
-if args.alone and not os.path.isfile(args.alone):  # said before the run, not after it
+if min(run.epochs, run.stop_after or run.epochs) < 3:  # said before the run, not after it
+    sys.exit("e2e.py: run 3 epochs or more (--epochs, --stop-after): the first warms up, the last is not timed")
+if args.alone and not os.path.isfile(args.alone):
     sys.exit(f"e2e.py: {args.alone}: no such file; write it with bench/gpu.py --json")
 splits = data.find_splits(data.resolve_data(run.data))
 n_train, n_test = (sum(data.is_image(p) for p in data.list_files(d)) for d in (splits.train_dir, splits.test_dir))
@@ -53,8 +55,6 @@ train.main(train_args)
 if args.no_checkpoint:
     print("e2e.py: --no-checkpoint: the checkpoints named above were not written")
 seconds = [b - a for a, b in zip(starts, starts[1:])]
-if len(seconds) < 2:
-    sys.exit("e2e.py: give --epochs 3 or more (the first epoch warms up, the last is not timed)")
 median = statistics.median(seconds[1:])
 share = ""
 if args.alone:

@@ -29,10 +29,11 @@ def read_idx(path, header_bytes):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", default="/usr/share/datasets/fashion-mnist", help="folder with the *-ubyte.gz files")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "fashion_mnist_small"))
+    bundled = Path(__file__).parent / "fashion_mnist_small"
+    parser.add_argument("--out", default=str(bundled))
     args = parser.parse_args()
     out = Path(args.out)
-    licence = (out / "LICENSE").read_bytes()  # Fashion-MNIST's MIT licence travels with the images
+    licence = (bundled / "LICENSE").read_bytes()  # Fashion-MNIST's MIT licence travels with the images
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     (out / "LICENSE").write_bytes(licence)
