@@ -16,6 +16,11 @@ and counted on stderr.
 precision/recall/F1 and a confusion matrix (with --json printed as one JSON object, as saved in evaluation.json).
 Unreadable images are reported one line each and skipped; the exit status is then 2.
 """
+from vit.errors import interrupt_quietly
+
+if __name__ == "__main__":  # first: Ctrl-C while torch imports (seconds) is one line, not a traceback
+    interrupt_quietly()
+
 import argparse
 import csv
 import glob

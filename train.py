@@ -9,6 +9,11 @@
 Writes models/RUN.pt (every epoch), models/RUN-best.pt (best test accuracy), results/RUN/metrics.json,
 results/RUN/curves.png and results/RUN/confusion_matrix.png.
 """
+from vit.errors import interrupt_quietly
+
+if __name__ == "__main__":  # first: Ctrl-C while torch imports (seconds) is one line, not a traceback
+    interrupt_quietly()
+
 import argparse
 import json
 import math
@@ -114,7 +119,7 @@ def parse_args(argv=None):
     p.add_argument("--trivial-augment", type=share, metavar="P",
                    help=f"probability of a TrivialAugment op per training image ({d('trivial_augment')})")
     p.add_argument("--clip-grad", type=amount, metavar="F", help=f"max gradient norm, 0: none ({d('clip_grad')})")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (0)")
+    p.add_argument("--seed", type=bounded(int, -2**63, 2**63 - 1), default=0, metavar="N", help="random seed (0)")
     p.add_argument("--device", default="auto", metavar="DEV",
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--workers", type=bounded(int, 0), metavar="N",
@@ -281,13 +286,14 @@ def train(args):
             lr = optimizer.param_groups[0]["lr"]
             train_loss, train_acc = train_epoch(net, train_loader, optimizer, scheduler, scaler, mix, args, device,
                                                 autocast, desc=f"epoch {epoch + 1}/{args.epochs}", own=own)
-            if not math.isfinite(train_loss):
-                writer.close()
-                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
-                raise UserError(f"epoch {epoch + 1}: training loss is {train_loss}; the run diverged, lower --lr "
-                                f"(was {args.lr:g}) or lengthen --warmup-epochs; {kept}")
             share_buffers(model)
             test_loss, test_acc, matrix = evaluate(fast, test_loader, normalise, len(splits.classes), device, autocast)
+            for split, loss in (("training", train_loss), ("test", test_loss)):  # test: also the epoch's last steps
+                if not math.isfinite(loss):
+                    writer.close()
+                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+                    raise UserError(f"epoch {epoch + 1}: {split} loss is {loss}; the run diverged, lower --lr "
+                                    f"(was {args.lr:g}) or lengthen --warmup-epochs; {kept}")
             metrics.append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                                 test_acc=test_acc, lr=lr, seconds=time.perf_counter() - t0))
             is_best = test_acc > best_acc

@@ -88,3 +88,35 @@ def test_a_figure_that_cannot_be_written_is_one_line(tmp_path, capsys):
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.startswith(f"error: {out}: {says}") and captured.err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "good"]
+
+
+def test_metrics_of_other_types_or_unreadable_are_one_line(tmp_path, monkeypatch, capsys):
+    record = {"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5, "seconds": 1.0}
+    for name, bad in (("text", {"test_acc": "0.5"}), ("null", {"seconds": None}), ("bool", {"epoch": True})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps([dict(record, **bad)]))
+    write_metrics(tmp_path / "locked", [0.5], seconds=1.0)
+    read_text = Path.read_text
+
+    def no_permission(path, *args, **kwargs):
+        if path.parent.name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_permission)
+    for bad, says in (("text", "expected"), ("null", "expected"), ("bool", "expected"),
+                      ("locked", "cannot read it (Permission denied)")):
+        assert compare.main([str(tmp_path / bad), "--out", str(tmp_path / "c.png")]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"error: {tmp_path / bad / 'metrics.json'}: {says}"), captured.err
+        assert captured.out == "" and captured.err.count("\n") == 1
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_ctrl_c_while_plotting_is_one_line(tmp_path, monkeypatch, capsys):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(compare, "plot_runs", interrupted)
+    write_metrics(tmp_path / "run", [0.5], seconds=1.0)
+    assert compare.main([str(tmp_path / "run"), "--out", str(tmp_path / "c.png")]) == 130
+    assert capsys.readouterr() == ("", "\ninterrupted\n")

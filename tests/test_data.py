@@ -112,6 +112,15 @@ def test_images_in_linked_folders_count_as_imagefolder_counts_them(tmp_path):
     assert decoded.labels == [0, 0, 0, 0, 1] and len(folder) == 5
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_a_link_back_up_the_tree_is_not_followed_round_and_round(tmp_path):
+    write_image(tmp_path / "train" / "a" / "own.png")
+    write_image(tmp_path / "train" / "b" / "own.png")
+    os.symlink(tmp_path / "train", tmp_path / "train" / "a" / "up")  # a loop: every image under train/, b's too
+    decoded = data.load_split(tmp_path / "train", ["a", "b"], resized(8))
+    assert decoded.labels == [0, 1] and [Path(p).name for p in decoded.paths] == ["own.png", "own.png"]
+
+
 def test_find_splits_missing_test(tmp_path):
     write_image(tmp_path / "train" / "a" / "0.png")
     with pytest.raises(UserError, match=r"test: missing \(val/ is accepted too\)"):

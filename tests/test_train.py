@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from torchvision.models.vision_transformer import VisionTransformer as Torchvisi
 
 import train
 from vit import augment, data
-from vit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from vit.device import mixed_precision
 from vit.distributed import log, own_share
 from vit.errors import UserError
@@ -542,6 +543,51 @@ def test_flags_out_of_range_are_refused_before_anything_runs(extra, message, tmp
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.splitlines()[-1].endswith(f": error: argument {message}"), err
     assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "inf"], "--lr: must be a finite number, not inf"),  # trained to NaN weights and said "done"
+    (["--weight-decay", "inf"], "--weight-decay: must be a finite number, not inf"),
+    (["--warmup-epochs", "inf"], "--warmup-epochs: must be a finite number, not inf"),  # an OverflowError
+    (["--seed", str(2**64)], f"--seed: must be at least {-2**63} and at most {2**63 - 1}, not {2**64}"),
+])
+def test_infinite_values_and_seeds_torch_cannot_take_are_refused(extra, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(extra)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.splitlines()[-1].endswith(f": error: argument {message}"), err
+
+
+def test_a_divergence_in_the_epochs_last_step_is_caught_by_the_test_loss(dataset, tmp_path, capsys):
+    # one step per epoch: its training loss is computed before the update that makes every weight NaN
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(dataset, tmp_path, "--epochs", "1", "--batch-size", str(N_TRAIN), "--weight-decay", "1e30",
+                         "--warmup-epochs", "0", "--name", "wd"))
+    assert exit_.value.code == 2
+    assert last_line(capsys.readouterr().err).startswith("error: epoch 1: test loss is nan; the run diverged")
+    assert not (tmp_path / "models" / "wd.pt").exists()
+
+
+def test_resume_of_a_model_without_its_training_state_is_one_line(tmp_path, capsys):
+    model = build_model("vit_ti_16", num_classes=2, image_size=16, patch_size=8, num_layers=1)
+    save_checkpoint(model_checkpoint(model), tmp_path / "model.pt")  # a model, as the Python API saves one
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--resume", str(tmp_path / "model.pt")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"error: {tmp_path / 'model.pt'}: holds a model but not the "
+                                                    "training state") and err.count("\n") == 1, err
+    assert err.rstrip().endswith(f"--pretrained {tmp_path / 'model.pt'}")
+
+
+@pytest.mark.parametrize("script, fake", [(["train.py"], "torch"), (["predict.py"], "torch"),
+                                          (["-m", "vit.compare"], "matplotlib")])
+def test_ctrl_c_while_the_script_imports_is_one_line(script, fake, tmp_path):
+    (tmp_path / f"{fake}.py").write_text("raise KeyboardInterrupt  # as if Ctrl-C came while it imports\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    result = subprocess.run([sys.executable, *script, "--help"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.stderr == "\ninterrupted\n" and result.stdout == ""
+    assert result.returncode == (-signal.SIGINT if os.name == "posix" else result.returncode)  # ends interrupted
 
 
 @pytest.mark.parametrize("given, mode", [(["--compile"], "default"),

@@ -1,5 +1,13 @@
 """A plain-PyTorch Vision Transformer (Dosovitskiy et al., ICLR 2021): model, weights, data, training helpers."""
 from vit.errors import UserError
-from vit.model import CONFIGS, VisionTransformer, build_model, list_models
 
 __all__ = ["CONFIGS", "UserError", "VisionTransformer", "build_model", "list_models"]
+
+
+def __getattr__(name):
+    """The model's names on first use: vit.model imports torch, which takes seconds, and the scripts load vit.errors
+    before it (interrupt_quietly)."""
+    if name in __all__:
+        from vit import model
+        return getattr(model, name)
+    raise AttributeError(f"module 'vit' has no attribute {name!r}")

@@ -160,6 +160,9 @@ def model_checkpoint(model):
             "state_dict": model.state_dict(), "classes": model.classes, "preprocess": model.preprocess}
 
 
+TRAINING_STATE = ("epoch", "optimizer", "scheduler", "scaler", "metrics", "best_acc", "args")  # what --resume reads
+
+
 def training_checkpoint(model, optimizer, scheduler, scaler, *, epoch, metrics, best_acc, args, commit, world=1):
     """model_checkpoint plus what --resume needs: epochs done, optimiser, schedule, gradient scaler, metrics,
     best test accuracy, the run's arguments, the project's git commit and the number of processes (torchrun's: each
@@ -223,7 +226,12 @@ def resumed_args(ckpt, args, keep, given=()):
 def resume_settings(ckpt, args, given, resumable, movable):
     """--resume's arguments: the run's own, except the flags of `resumable` (this session's where given; stop_after
     always) and of `movable` that this command line gives (`given`, e.g. the same images in a new folder); refuses
-    a run whose images are gone -> (arguments, the given flags that the run does not take: resumed_args)."""
+    a run whose images are gone, and a checkpoint without a run's training state -> (arguments, the given flags that
+    the run does not take: resumed_args)."""
+    missing = [k for k in TRAINING_STATE if k not in ckpt]
+    if missing:  # e.g. model_checkpoint's file: a model, but no run to continue
+        raise UserError(f"{args.resume}: holds a model but not the training state that --resume continues "
+                        f"({', '.join(missing)} missing); start a new run from its weights: --pretrained {args.resume}")
     moved = tuple(k for k in movable if k in given)
     changed = tuple(k for k in resumable if k in given or k == "stop_after" or k not in ckpt["args"])
     resumed, ignored = resumed_args(ckpt, args, changed + moved, given)

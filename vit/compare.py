@@ -4,6 +4,11 @@
 
 Each argument is a run folder (holding metrics.json, as train.py writes it) or a metrics.json path.
 """
+from vit.errors import interrupt_quietly
+
+if __name__ == "__main__":  # first: Ctrl-C while matplotlib imports (seconds) is one line, not a traceback
+    interrupt_quietly()
+
 import argparse
 import json
 import sys
@@ -26,13 +31,20 @@ def load_run(arg):
         raise UserError(f"{path}: no such metrics file; pass a run folder written by train.py or its metrics.json")
     try:
         records = json.loads(path.read_text())
+    except OSError as e:  # no permission, a device that fails
+        raise UserError(f"{path}: cannot read it ({e.strerror or e}); check its permissions") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e}); pass a metrics.json written by train.py") from None
     if not isinstance(records, list) or not records or not all(
-            isinstance(r, dict) and all(k in r for k in KEYS) for r in records):
-        raise UserError(f"{path}: expected a non-empty list of epoch records with keys {', '.join(KEYS)}; "
+            isinstance(r, dict) and all(is_number(r.get(k)) for k in KEYS) for r in records):
+        raise UserError(f"{path}: expected a non-empty list of epoch records with the numbers {', '.join(KEYS)}; "
                         "pass a metrics.json written by train.py")
     return path.parent, records
+
+
+def is_number(value):
+    """Whether a JSON value is a number (not a string, null or true/false, which the table and figure cannot use)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def run_names(folders):
@@ -94,6 +106,9 @@ def main(argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the figure is written atomically: an earlier one stays whole
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     print(summary(runs))
     print(f"figure: {args.out}")
     return 0

@@ -115,10 +115,15 @@ def non_image_note(paths):
 
 def list_files(folder):
     """All files under folder (recursively, into linked folders too, like ImageFolder), sorted; a link to a file
-    that is gone too, so that it is named as missing rather than left out."""
-    walk = os.walk(folder, followlinks=True)
-    return sorted(p for root, _, names in walk for p in (Path(root, name) for name in names)
-                  if p.is_file() or p.is_symlink())
+    that is gone too, so that it is named as missing rather than left out. A link to a folder that holds the link
+    (its own or one above it) is not followed: ImageFolder's walk goes round it 40 times, taking every image under
+    it, the other classes' too, as this folder's."""
+    files = []
+    for root, folders, names in os.walk(folder, followlinks=True):
+        here = Path(root).resolve()
+        folders[:] = [name for name in folders if not here.is_relative_to(Path(root, name).resolve())]
+        files += (p for p in (Path(root, name) for name in names) if p.is_file() or p.is_symlink())
+    return sorted(files)
 
 
 def split_folder(root, *names):

@@ -21,11 +21,26 @@ def printable_output():
             stream.reconfigure(errors="backslashreplace")
 
 
+def interrupt_quietly():
+    """Make a Ctrl-C that no main() catches (the seconds while a script imports torch or matplotlib, before its
+    main runs) one line, 'interrupted', instead of a traceback; Python then ends as interrupted (status 130). Called
+    by the scripts before those imports; a library user's own Ctrl-C is left alone."""
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print("\ninterrupted", file=sys.stderr)
+        else:
+            sys.__excepthook__(kind, value, traceback)
+    sys.excepthook = hook
+
+
 def bounded(kind, low, high=math.inf, below=False):
     """An argparse type: a `kind` (int or float) from low to high (strictly below high with below=True), so that a
-    flag out of range is argparse's one error line, not a traceback deep in training."""
+    flag out of range is argparse's one error line, not a traceback deep in training. Infinity is refused too (a
+    learning rate or weight decay of inf trains to NaN, a warm-up of inf epochs fails)."""
     def parse(text):
         value = kind(text)  # not a number: argparse's own "invalid int value" line
+        if math.isinf(value) and high == math.inf:
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
         if not low <= value <= high or below and value == high:  # NaN too
             top = f" and {'below' if below else 'at most'} {high}" if high < math.inf else ""
             raise argparse.ArgumentTypeError(f"must be at least {low}{top}, not {text}")
