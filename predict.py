@@ -39,7 +39,7 @@ from vit.checkpoint import flags_of, model_from_checkpoint
 from vit.data import (CACHE_DIR, class_folders, decode_many, eval_images, eval_normalise, eval_transform, is_image,
                       list_files, load_split, non_image_note, split_folder)
 from vit.device import pick_device
-from vit.errors import UserError, bounded, printable_output
+from vit.errors import UserError, bounded, nonempty, printable_output
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure, token_shift
 from vit.files import write_text
 from vit.metrics import classification_report, evaluate, format_report
@@ -63,13 +63,13 @@ def parse_args(argv):
                         help="images per forward pass (32)")
     parser.add_argument("--json", action="store_true",
                         help="print JSON instead of tables: one object per image, and one for --evaluate")
-    parser.add_argument("--save", help=f"figure path (one image) or folder (default {OUT_DIR})")
+    parser.add_argument("--save", type=nonempty, help=f"figure path (one image) or folder (default {OUT_DIR})")
     parser.add_argument("--explain", action="store_true",
                         help="also save the attention rollout over the model's input (the photo's centre crop)")
     parser.add_argument("--no-figures", action="store_true",
                         help="no figure per image, only the table or JSON and predictions.csv (large folders)")
-    parser.add_argument("--evaluate", metavar="ROOT", help="labelled folder to measure accuracy on")
-    parser.add_argument("--cache-dir", default=str(CACHE_DIR), metavar="DIR",
+    parser.add_argument("--evaluate", type=nonempty, metavar="ROOT", help="labelled folder to measure accuracy on")
+    parser.add_argument("--cache-dir", type=nonempty, default=str(CACHE_DIR), metavar="DIR",
                         help="decoded-image cache for --evaluate, shared with train.py (data/.cache)")
     args = parser.parse_args(argv)
     if isinstance(args.pretrained, str) and (is_image(Path(args.pretrained)) or is_listing(args.pretrained)):
@@ -224,7 +224,8 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=
     root = Path(root)
     split = split_folder(root, "test", "val") or root
     if not split.is_dir():
-        raise UserError(f"{root}: no such folder; pass ROOT/<class>/<images> or a root holding test/")
+        what = "a file, not a folder" if root.exists() else "no such folder"
+        raise UserError(f"{root}: {what}; pass ROOT/<class>/<images> or a root holding test/")
     folders = class_folders(split)
     unknown = [f for f in folders if f not in model.classes]
     if not folders:

@@ -33,7 +33,7 @@ from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, load_
                             model_from_checkpoint, restore_training, resume_settings, run_files, training_checkpoint)
 from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, data_parallel, init_processes, is_master, log, own_share, share_buffers
-from vit.errors import UserError, bounded, file_name, printable_output
+from vit.errors import UserError, bounded, file_name, nonempty, printable_output
 from vit.files import make_folders, write_text
 from vit.loaders import decode_splits, make_loaders
 from vit.metrics import evaluate
@@ -96,7 +96,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = recipe_defaults
     count, share, amount = bounded(int, 1), bounded(float, 0, 1), bounded(float, 0)  # the flags' types and ranges
-    p.add_argument("--data", metavar="ROOT",
+    p.add_argument("--data", type=nonempty, metavar="ROOT",
                    help="dataset folder, or a known name (pizza_steak_sushi); default: bundled fashion set")
     p.add_argument("--model", choices=list_models(), metavar="NAME", help=f"{', '.join(list_models())} ({d('model')})")
     p.add_argument("--pretrained", nargs="?", const=True, metavar="PATH",
@@ -136,10 +136,11 @@ def parse_args(argv=None):
                    "graphs, for small models that wait on kernel launches); for GPUs: on a CPU it compiles for "
                    "minutes to gain a few percent")
     p.add_argument("--name", type=file_name, metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
-    p.add_argument("--out-dir", default=".", metavar="DIR", help="where models/ and results/ go (.)")
-    p.add_argument("--cache-dir", default=str(data.CACHE_DIR), metavar="DIR",
+    p.add_argument("--out-dir", type=nonempty, default=".", metavar="DIR", help="where models/ and results/ go (.)")
+    p.add_argument("--cache-dir", type=nonempty, default=str(data.CACHE_DIR), metavar="DIR",
                    help="decoded-image cache (data/.cache)")
-    p.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in models/RUN.pt, with its settings; "
+    p.add_argument("--resume", type=nonempty, metavar="CHECKPOINT",
+                   help="continue the run saved in models/RUN.pt, with its settings; "
                    f"only {flags(RESUMABLE)} may change (given again), and {flags(MOVABLE)} where they have moved")
     p.add_argument("--stop-after", type=count, metavar="N", help="stop after N epochs of this session (resume later)")
     args = p.parse_args(argv)

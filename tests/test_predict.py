@@ -256,11 +256,16 @@ def test_cuda_predictions_and_rollout_match_the_cpu(ckpt, tmp_path, capsys):
     assert on_gpu == pytest.approx(attention_rollout(tiny_model(), x), abs=1e-4)
 
 
-def test_topk_below_one_is_refused(ckpt, tmp_path, capsys):
+def test_topk_below_one_and_empty_paths_are_refused(ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         predict_script.main(["--model", str(ckpt[0]), str(write_image(tmp_path / "one.jpg", 3)), "--topk", "0"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(": error: argument --topk: must be at least 1, not 0")
+    for flag in ("--save", "--evaluate", "--cache-dir"):  # "": the current folder, were it taken
+        with pytest.raises(SystemExit):
+            predict_script.main(["--model", str(ckpt[0]), flag, "", "x.png"])
+        assert capsys.readouterr().err.splitlines()[-1].endswith(f": error: argument {flag}: must not be empty (a "
+                                                                 "shell variable that is not set?)")
 
 
 def test_bad_images_are_reported_and_the_others_predicted(ckpt, tmp_path):
@@ -432,6 +437,8 @@ def test_bad_checkpoints_give_one_line_and_status_2(ckpt, tmp_path, capsys):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / bad}: "), lines
         assert result.stdout == ""
+        if bad == "foreign.pt":  # a state dict: the flag that takes it
+            assert f"plain weights go in as --pretrained {tmp_path / bad} " in lines[0]
     assert not marker.exists()
 
 
@@ -478,6 +485,11 @@ def test_evaluate_reports_bad_folders_and_images(ckpt, tmp_path, capsys):
     assert_clean_failure(result)
     assert result.stderr.strip() == (f"error: {tmp_path / 'unknown'}: class folder(s) bird are not among the "
                                      "model's classes (cat, dog, fish); pass a folder with one sub-folder per class")
+    for given, what in ((tmp_path / "absent", "no such folder"), (tmp_path / "unknown" / "cat" / "0.png",
+                                                                  "a file, not a folder")):
+        result = predict_here(capsys, "--model", path, "--evaluate", given, "--save", tmp_path / "out")
+        assert_clean_failure(result)
+        assert result.stderr.strip() == f"error: {given}: {what}; pass ROOT/<class>/<images> or a root holding test/"
     for name in ("cat", "dog"):
         write_image(tmp_path / "data" / "val" / name / "0.png", 0)
     (tmp_path / "data" / "val" / "dog" / "1.png").write_bytes(b"\x89PNG broken")

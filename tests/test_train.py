@@ -550,6 +550,8 @@ def test_flags_out_of_range_are_refused_before_anything_runs(extra, message, tmp
     (["--weight-decay", "inf"], "--weight-decay: must be a finite number, not inf"),
     (["--warmup-epochs", "inf"], "--warmup-epochs: must be a finite number, not inf"),  # an OverflowError
     (["--seed", str(2**64)], f"--seed: must be at least {-2**63} and at most {2**63 - 1}, not {2**64}"),
+    *(([flag, ""], f"{flag}: must not be empty (a shell variable that is not set?)")  # "": the current folder
+      for flag in ("--data", "--out-dir", "--cache-dir", "--resume")),
 ])
 def test_infinite_values_and_seeds_torch_cannot_take_are_refused(extra, message, capsys):
     with pytest.raises(SystemExit) as exit_:

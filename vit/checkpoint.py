@@ -128,8 +128,8 @@ def load_checkpoint(path):
     """A checkpoint written by train.py; anything else is refused with a message naming the file."""
     ckpt = safe_load(path)
     if not is_checkpoint(ckpt):
-        raise UserError(f"{path}: not a checkpoint of this project (written by train.py); "
-                        "for plain weights use build_model(name, pretrained=PATH)")
+        raise UserError(f"{path}: not a checkpoint of this project (written by train.py); plain weights go in as "
+                        f"--pretrained {quoted(path)} (in Python: build_model(name, pretrained=PATH))")
     ckpt["path"] = str(path)
     return ckpt
 

@@ -49,6 +49,14 @@ def bounded(kind, low, high=math.inf, below=False):
     return parse
 
 
+def nonempty(text):
+    """An argparse type: a path, not the empty string (a quoted shell variable that is unset), which Path reads as
+    the current folder: --out-dir "$OUT" would write there, --data "$DATA" look for train/ there."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (a shell variable that is not set?)")
+    return text
+
+
 def file_name(text):
     """An argparse type: a name for files (train.py's --name: OUT/models/NAME.pt), not a path that would lead out of
     the folder it is meant for."""
