@@ -121,6 +121,17 @@ def test_a_link_back_up_the_tree_is_not_followed_round_and_round(tmp_path):
     assert decoded.labels == [0, 1] and [Path(p).name for p in decoded.paths] == ["own.png", "own.png"]
 
 
+def test_two_links_that_lead_to_each_other_are_followed_once(tmp_path):
+    """a/b -> b and b/a -> a: neither leads above its own folder, but together they loop (ImageFolder: 40 times)."""
+    for name in ("a", "b"):
+        write_image(tmp_path / name / "own.png")
+    os.symlink(tmp_path / "b", tmp_path / "a" / "b")
+    os.symlink(tmp_path / "a", tmp_path / "b" / "a")
+    assert data.list_files(tmp_path / "a") == [tmp_path / "a" / "b" / "own.png", tmp_path / "a" / "own.png"]
+    assert data.list_files(tmp_path) == [tmp_path / name for name in ("a/b/own.png", "a/own.png", "b/a/own.png",
+                                                                     "b/own.png")]
+
+
 def test_find_splits_missing_test(tmp_path):
     write_image(tmp_path / "train" / "a" / "0.png")
     with pytest.raises(UserError, match=r"test: missing \(val/ is accepted too\)"):

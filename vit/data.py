@@ -115,13 +115,16 @@ def non_image_note(paths):
 
 def list_files(folder):
     """All files under folder (recursively, into linked folders too, like ImageFolder), sorted; a link to a file
-    that is gone too, so that it is named as missing rather than left out. A link to a folder that holds the link
-    (its own or one above it) is not followed: ImageFolder's walk goes round it 40 times, taking every image under
-    it, the other classes' too, as this folder's."""
-    files = []
+    that is gone too, so that it is named as missing rather than left out. A linked folder that leads back into the
+    walk (to a folder above, or one already on the way down: a loop, which ImageFolder goes round 40 times, taking
+    other classes' images as this folder's) is not followed."""
+    files, way = [], {str(folder): (Path(folder).resolve(),)}  # each folder's resolved way down from `folder`
     for root, folders, names in os.walk(folder, followlinks=True):
-        here = Path(root).resolve()
-        folders[:] = [name for name in folders if not here.is_relative_to(Path(root, name).resolve())]
+        above = way.pop(root)
+        kept = [(name, real) for name in folders
+                if (real := Path(root, name).resolve()) not in above and not above[-1].is_relative_to(real)]
+        folders[:] = [name for name, _ in kept]
+        way.update((os.path.join(root, name), (*above, real)) for name, real in kept)
         files += (p for p in (Path(root, name) for name in names) if p.is_file() or p.is_symlink())
     return sorted(files)
 
