@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 
 from vit import UserError
 import vit.checkpoint
-from vit.checkpoint import (CheckpointWriter, check_run_files, cpu_copy, restore_training, resumed_args,
-                            save_checkpoint, training_checkpoint)
+from vit.checkpoint import (TRAINING_STATE, CheckpointWriter, check_run_files, cpu_copy, load_checkpoint,
+                            restore_training, resume_settings, resumed_args, save_checkpoint, training_checkpoint)
 from vit.data import DATA_DIR
 from vit.files import replace_atomically, write_text
 from vit.plots import save_figure
@@ -219,7 +219,30 @@ def test_run_file_refusals_suggest_flags_a_shell_reads_back(tmp_path):
             check_run_files(last, best, resume)
         for flag, path in flags.items():
             assert shlex.split(str(e.value).split(f" {flag} ")[1])[0] == str(path), str(e.value)
+    assert shlex.split(str(e.value).split("; resume ")[1])[0] == str(last) + ","  # the file to resume instead
     last.unlink()
     with pytest.raises(UserError) as e:
         check_run_files(last, best, moved)
     assert shlex.split(str(e.value).split(" --pretrained ")[1]) == [str(moved)]
+
+
+def test_resume_and_load_refusals_suggest_flags_a_shell_reads_back(tmp_path):
+    """resume_settings' and load_checkpoint's suggested --pretrained / --resume, pasted into a shell, name the file
+    where its path holds a space; a checkpoint missing part of a run's training state is refused naming that part."""
+    path = tmp_path / "my runs" / "models" / "run.pt"
+    path.parent.mkdir(parents=True)
+    args = argparse.Namespace(resume=str(path))
+    run = {**dict.fromkeys(TRAINING_STATE, 0), "args": {"data": str(tmp_path / "gone")}}
+    for ckpt, missing in (({}, ", ".join(TRAINING_STATE)), ({k: v for k, v in run.items() if k != "scheduler"},
+                                                            "scheduler")):
+        with pytest.raises(UserError) as e:
+            resume_settings(ckpt, args, (), (), ())
+        assert f"training state that --resume continues ({missing} missing)" in str(e.value), str(e.value)
+        assert shlex.split(str(e.value).split(" --pretrained ")[1]) == [str(path)], str(e.value)
+    with pytest.raises(UserError) as e:  # a whole run whose images are gone: resume it with --data
+        resume_settings(run, args, (), (), ())
+    assert shlex.split(str(e.value).split(" --resume ")[1]) == [str(path), "--data", "NEW_FOLDER"], str(e.value)
+    torch.save({"weight": torch.zeros(1)}, path)  # plain weights, not a checkpoint
+    with pytest.raises(UserError) as e:
+        load_checkpoint(path)
+    assert shlex.split(str(e.value).split(" --pretrained ")[1])[0] == str(path), str(e.value)

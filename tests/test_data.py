@@ -132,6 +132,24 @@ def test_two_links_that_lead_to_each_other_are_followed_once(tmp_path):
                                                                      "b/own.png")]
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_links_up_from_the_listed_folder_or_a_linked_one_are_not_followed(tmp_path, monkeypatch):
+    """A link to the dataset root above train/ (it would take test/'s images as a's), and, in a folder reached by a
+    link (elsewhere/x/y), a link up to elsewhere/x: neither is in the walk, both lead above a folder of it; also
+    where the folder is given by a relative path."""
+    write_image(tmp_path / "train" / "a" / "own.png")
+    write_image(tmp_path / "test" / "a" / "other.png")
+    write_image(tmp_path / "elsewhere" / "x" / "beside.png")
+    write_image(tmp_path / "elsewhere" / "x" / "y" / "linked.png")
+    os.symlink(tmp_path, tmp_path / "train" / "a" / "root")
+    os.symlink(tmp_path / "elsewhere" / "x" / "y", tmp_path / "train" / "a" / "y")
+    os.symlink(tmp_path / "elsewhere" / "x", tmp_path / "elsewhere" / "x" / "y" / "up")
+    expected = [Path("train/a/own.png"), Path("train/a/y/linked.png")]
+    assert data.list_files(tmp_path / "train" / "a") == [tmp_path / p for p in expected]
+    monkeypatch.chdir(tmp_path)
+    assert data.list_files(Path("train/a")) == expected
+
+
 def test_find_splits_missing_test(tmp_path):
     write_image(tmp_path / "train" / "a" / "0.png")
     with pytest.raises(UserError, match=r"test: missing \(val/ is accepted too\)"):
@@ -658,6 +676,31 @@ def test_bundled_fashion_mnist_small_is_valid():
     assert size < 2_000_000
     decoded = data.load_split(splits.test_dir, splits.classes, resized(28))
     assert len(decoded.images) == 300 and not decoded.skipped and decoded.images[0].shape == (3, 28, 28)
+
+
+def test_make_fashion_mnist_small_writes_a_new_folder_with_the_licence(tmp_path):
+    """data/make_fashion_mnist_small.py on idx files written here (labels 0-9 in turn, each image one grey level):
+    the first 100 training and 30 test images of each class, as PNGs named by their index, and the bundled
+    folder's licence in the new one (an --out of its own has none to read)."""
+    import gzip
+    src, out = tmp_path / "src", tmp_path / "new"
+    src.mkdir()
+    for prefix, n in (("train", 1005), ("t10k", 305)):
+        labels = bytes(i % 10 for i in range(n))
+        pixels = b"".join(bytes([i % 251]) * 784 for i in range(n))
+        (src / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(8) + labels))
+        (src / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(16) + pixels))
+    result = subprocess.run([sys.executable, str(REPO / "data" / "make_fashion_mnist_small.py"), "--src", str(src),
+                             "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    bundled = REPO / "data" / "fashion_mnist_small"
+    assert (out / "LICENSE").read_bytes() == (bundled / "LICENSE").read_bytes()
+    assert sorted(p.name for p in (out / "train").iterdir()) == sorted(p.name for p in (bundled / "train").iterdir())
+    for split, count in (("train", 100), ("test", 30)):
+        assert all(len(list(folder.iterdir())) == count for folder in (out / split).iterdir())
+    with Image.open(out / "test" / "trouser" / "291.png") as image:  # the 30th of label 1: index 291
+        assert image.size == (28, 28) and image.getextrema() == (40, 40)  # 291 % 251
+    assert not (out / "test" / "trouser" / "301.png").exists()
 
 
 @pytest.mark.skipif(not (SHARED / "pizza_steak_sushi").is_dir(), reason="shared data not available")

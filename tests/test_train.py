@@ -170,10 +170,16 @@ def test_train_epoch_reports_the_smoothed_loss_and_accuracy_over_samples(monkeyp
     assert loss == pytest.approx((5 * expected + 3) / 10) and accuracy == pytest.approx(4 / 10)  # all samples
 
 
-@pytest.mark.parametrize("batch_size", [2, 3])
-def test_train_epoch_counts_each_image_once_when_a_distributed_sampler_pads_the_shares(batch_size, monkeypatch):
+def soft_targets(images, labels):
+    """A stand-in for Mixup/CutMix: each sample's target a distribution over 3 classes, other than its label."""
+    return images, F.softmax(torch.cat([images, -images.sum(1, keepdim=True)], 1), 1)
+
+
+@pytest.mark.parametrize("batch_size, mix", [(2, None), (3, None), (3, soft_targets)])
+def test_train_epoch_counts_each_image_once_when_a_distributed_sampler_pads_the_shares(batch_size, mix, monkeypatch):
     """DistributedSampler pads 5 images to 6, so that 2 processes get 3 each: the repeat (at the end of rank 1's
-    share, alone in its batch or after two of rank 1's own) is trained on, but the figures count 5 images once."""
+    share, alone in its batch or after two of rank 1's own) is trained on, but the figures count 5 images once
+    (with Mixup/CutMix, the loss against the counted images' mixed targets)."""
     net = torch.nn.Linear(2, 3)
     x, y = torch.tensor([[2.0, 0], [0, 2], [1, 3], [0, 0.5], [3, 1]]), torch.tensor([0, 1, 0, 2, 1])
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # nothing moves: every batch sees the same logits
@@ -186,11 +192,12 @@ def test_train_epoch_counts_each_image_once_when_a_distributed_sampler_pads_the_
         sampler = DistributedSampler(TensorDataset(x, y), 2, rank, seed=0)
         loader = DataLoader(TensorDataset(x, y), batch_size, sampler=sampler)
         assert sum(len(b) for b, _ in loader) == 3  # 5 images in shares of 3
-        train.train_epoch(net, loader, optimizer, scheduler, scaler, None, args, torch.device("cpu"),
+        train.train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, torch.device("cpu"),
                           contextlib.nullcontext, desc="test", own=own_share(5, 2, rank))
     loss_sum, correct, count = sum(totals).tolist()
     with torch.no_grad():
-        expected = F.cross_entropy(net(x), y, label_smoothing=0.1, reduction="sum").item()
+        expected = F.cross_entropy(net(x), (mix or (lambda *xy: xy))(x, y)[1], label_smoothing=0.1,
+                                   reduction="sum").item()
     assert count == 5 and correct == (net(x).argmax(1) == y).sum() and loss_sum == pytest.approx(expected)
 
 
@@ -738,6 +745,46 @@ def test_resumed_in_another_number_of_processes_a_run_goes_on_and_says_so(datase
     assert "note:" not in capsys.readouterr().out
     assert [(c["epoch"], c["world_size"]) for c in map(load_checkpoint, (path, older / "models" / "run.pt"))] == \
         [(3, 1), (2, 1)]
+
+
+def test_a_run_of_one_process_resumed_in_two_is_noted_and_an_unrecorded_one_is_not(dataset, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """The note without torchrun (2 processes faked, the session stopped after its note): a run of 1 process is
+    '1 process', resumed by python; a checkpoint from before the record says nothing, whatever the number now."""
+    train.main(flags(dataset, tmp_path, "--epochs", "2", "--name", "run", "--stop-after", "1"))
+    path = tmp_path / "models" / "run.pt"
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(train, "init_processes", lambda device: (device, 2, 0))
+    monkeypatch.setattr(train, "mixed_precision", started)
+    capsys.readouterr()
+    with pytest.raises(Started):
+        train.main(["--resume", str(path)])
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == ["note: the run trained in 1 process, this session in 2: the data order, and so the results, "
+                     f"differ from an uninterrupted run's (the same order: {train.resume_cli(1, path.resolve())})"]
+    ckpt = load_checkpoint(path)
+    del ckpt["world_size"], ckpt["path"]
+    save_checkpoint(ckpt, path)
+    with pytest.raises(Started):
+        train.main(["--resume", str(path)])
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_an_infinite_test_loss_stops_the_run_too(dataset, tmp_path, monkeypatch, capsys):
+    """Huge but finite logits give a cross-entropy of inf in float32, summed over the test set sooner still."""
+    original = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: (math.inf, *original(*args, **kwargs)[1:]))
+    with pytest.raises(SystemExit) as exit_:
+        train.main(flags(dataset, tmp_path, "--epochs", "1", "--name", "inf"))
+    assert exit_.value.code == 2
+    assert last_line(capsys.readouterr().err).startswith("error: epoch 1: test loss is inf; the run diverged")
+    assert not (tmp_path / "models" / "inf.pt").exists()
 
 
 def test_ddp_compiled_splits_the_graph_at_its_buckets_without_warnings(tmp_path, monkeypatch):

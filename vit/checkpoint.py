@@ -231,7 +231,8 @@ def resume_settings(ckpt, args, given, resumable, movable):
     missing = [k for k in TRAINING_STATE if k not in ckpt]
     if missing:  # e.g. model_checkpoint's file: a model, but no run to continue
         raise UserError(f"{args.resume}: holds a model but not the training state that --resume continues "
-                        f"({', '.join(missing)} missing); start a new run from its weights: --pretrained {args.resume}")
+                        f"({', '.join(missing)} missing); start a new run from its weights: "
+                        f"--pretrained {quoted(args.resume)}")
     moved = tuple(k for k in movable if k in given)
     changed = tuple(k for k in resumable if k in given or k == "stop_after" or k not in ckpt["args"])
     resumed, ignored = resumed_args(ckpt, args, changed + moved, given)
