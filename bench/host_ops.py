@@ -68,6 +68,7 @@ parser.add_argument("--fused", action="store_true", help="fused AdamW also off C
 parser.add_argument("--top", type=int, default=0, metavar="N", help="also the N most frequent operators")
 args = parser.parse_args()
 
+torch.manual_seed(0)  # the counts depend on Mixup/CutMix's and drop path's draws: the same ones every run
 device = torch.device(args.device)
 layers = {"num_layers": args.num_layers} if args.num_layers else {}
 model = build_model(args.model, num_classes=3, image_size=args.image_size, patch_size=args.patch_size,
