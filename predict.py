@@ -1,20 +1,26 @@
 """Predict the classes of images with a checkpoint of train.py (or torchvision's ImageNet ViT-B/16).
 
-    python predict.py --model models/RUN.pt photo.jpg [more.jpg | FOLDER | 'GLOB*.jpg' ...] [--topk 3] [--json]
-    python predict.py --pretrained [vit_b_16.pth] photo.jpg --explain
-    python predict.py --model models/RUN.pt --evaluate data/pizza_steak_sushi
+    python predict.py --model models/RUN.pt photo.jpg                    # top-3 table and a figure
+    python predict.py --model models/RUN.pt photos/ 'more/*.jpg' --json  # folders, globs; one JSON object per image
+    python predict.py --model models/RUN.pt photos/ --no-figures         # table and predictions.csv only (fast)
+    python predict.py --model models/RUN.pt photo.jpg --explain          # also the attention rollout
+    python predict.py --model models/RUN.pt --evaluate data/pizza_steak_sushi   # accuracy, per-class P/R/F1
+    python predict.py --pretrained photo.jpg                             # torchvision's ImageNet ViT-B/16, downloaded
+    python predict.py --pretrained vit_b_16-c867db91.pth photo.jpg       # the same from a copy of its file (offline)
 
---pretrained downloads torchvision's ImageNet weights; --pretrained PATH loads a file of them instead (a torchvision
-ViT state dict: the Table 1 model of its shapes), or a checkpoint as --model does. A PATH that is an image, a folder
-or a glob is taken as an input, not as weights.
-Per image: a top-K table (or with --json one JSON object per line) and a figure results/predictions/<stem>.png
-(--save: the figure's path for one image, its format from the suffix, else a folder; --no-figures: none), with
---explain also <stem>_attention.png (attention rollout, in the figure's format); for a folder, a glob or several
-images also predictions.csv. Files in a folder or glob without an image extension, and hidden ones, are skipped
-and counted on stderr.
---evaluate ROOT (a split folder ROOT/<class>/<images>, or a root holding test/) adds accuracy, per-class
-precision/recall/F1 and a confusion matrix (with --json printed as one JSON object, as saved in evaluation.json).
-Unreadable images are reported one line each and skipped; the exit status is then 2.
+--evaluate ROOT takes a labelled folder, one sub-folder per class of the model:
+    ROOT/<class>/<image>           a split folder, or
+    ROOT/test/<class>/<image>      a dataset as train.py takes it (test/ or val/ is evaluated)
+
+Writes, under results/predictions/ (--save): a figure <stem>.png per image (for one image --save may name the
+figure, its format from the suffix), with --explain also <stem>_attention.png; for a folder, a glob or several
+images predictions.csv; with --evaluate evaluation.json and confusion_matrix.png. Tables and JSON go to stdout,
+the lines saying where files went to stderr.
+--pretrained PATH loads a copy of torchvision's weights file (the Table 1 model of its shapes, ImageNet's classes)
+or a checkpoint of train.py, as --model does. A PATH that is an image, a folder or a glob is an input instead.
+Files in a folder or glob without an image extension, and hidden ones, are skipped and counted on stderr.
+Exit status: 0; 2 after any error, each one line (an image that cannot be read is named and skipped, the others
+are still predicted); 130 on Ctrl-C (the figures saved so far stay).
 """
 from vit.errors import interrupt_quietly
 
@@ -23,7 +29,6 @@ if __name__ == "__main__":  # first: Ctrl-C while torch imports (seconds) is one
 
 import argparse
 import csv
-import glob
 import io
 import json
 import os
@@ -34,41 +39,46 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vit import build_model
-from vit.checkpoint import flags_of, model_from_checkpoint
-from vit.data import (CACHE_DIR, class_folders, decode_many, eval_images, eval_normalise, eval_transform, is_image,
-                      list_files, load_split, non_image_note, split_folder)
+from vit.checkpoint import load_model as load_any_model
+from vit.data import (CACHE_DIR, class_folders, eval_batches, eval_images, eval_normalise, is_image,
+                      expand_inputs, is_listing, load_split, split_folder)
 from vit.device import pick_device
-from vit.errors import UserError, bounded, nonempty, printable_output
+from vit.errors import UserError, bounded, exit_status, nonempty, printable_output
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure, token_shift
 from vit.files import write_text
 from vit.metrics import classification_report, evaluate, format_report
 from vit.plots import FORMATS, figure_format, plot_confusion
-from vit.weights import is_checkpoint, safe_load
 
 OUT_DIR = Path("results/predictions")  # default folder for figures, predictions.csv and evaluation results
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="*", help="image files, folders (searched recursively) or glob patterns")
-    parser.add_argument("--img_path", action="append", default=[], help="one more image (repeatable)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="*", help="image files, folders (searched recursively) or glob patterns; "
+                        "--img_path PATH, the reference's spelling, is also accepted (repeatable)")
+    parser.add_argument("--img_path", action="append", default=[], help=argparse.SUPPRESS)  # listed under images
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="checkpoint written by train.py (models/RUN.pt)")
+    source.add_argument("--model", metavar="CHECKPOINT",
+                        help="checkpoint written by train.py, e.g. models/RUN.pt (none: give it or --pretrained)")
     source.add_argument("--pretrained", nargs="?", const=True, metavar="PATH",
-                        help="torchvision's ImageNet vit_b_16 instead (downloaded), or a weights file at PATH")
-    parser.add_argument("--topk", type=bounded(int, 1), default=3, help="classes shown per image (at most all classes)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+                        help="torchvision's ImageNet vit_b_16 instead (downloaded); PATH: a copy of torchvision's "
+                        "weights file, or a checkpoint of train.py (none)")
+    parser.add_argument("--topk", type=bounded(int, 1), default=3, metavar="K",
+                        help="classes shown per image, at most all classes (3)")
+    parser.add_argument("--device", default="auto", metavar="DEV",
+                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (auto)")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=bounded(int, 1), default=32,
-                        help="images per forward pass (32)")
+                        metavar="N", help="images per forward pass (32)")
     parser.add_argument("--json", action="store_true",
-                        help="print JSON instead of tables: one object per image, and one for --evaluate")
-    parser.add_argument("--save", type=nonempty, help=f"figure path (one image) or folder (default {OUT_DIR})")
+                        help="print JSON instead of tables: one object per image, and one for --evaluate (off)")
+    parser.add_argument("--save", type=nonempty, metavar="PATH",
+                        help=f"figure path (one image; its format from the suffix) or folder ({OUT_DIR})")
     parser.add_argument("--explain", action="store_true",
-                        help="also save the attention rollout over the model's input (the photo's centre crop)")
+                        help="also save the attention rollout over the model's input, the photo's centre crop (off)")
     parser.add_argument("--no-figures", action="store_true",
-                        help="no figure per image, only the table or JSON and predictions.csv (large folders)")
-    parser.add_argument("--evaluate", type=nonempty, metavar="ROOT", help="labelled folder to measure accuracy on")
+                        help="no figure per image, only the table or JSON and predictions.csv (off)")
+    parser.add_argument("--evaluate", type=nonempty, metavar="ROOT",
+                        help="labelled folder to measure accuracy on, layout above (none)")
     parser.add_argument("--cache-dir", type=nonempty, default=str(CACHE_DIR), metavar="DIR",
                         help="decoded-image cache for --evaluate, shared with train.py (data/.cache)")
     args = parser.parse_args(argv)
@@ -82,59 +92,14 @@ def parse_args(argv):
     return args
 
 
-def is_listing(arg):
-    """Whether an input names several images at once: a folder or a glob pattern."""
-    return Path(arg).is_dir() or not Path(arg).exists() and any(c in arg for c in "*?[")  # "photo [1].jpg": a file
-
-
 def load_model(args):
-    """The model (with .classes and .preprocess) and a label naming it."""
-    if args.model:
-        model, label = model_from_checkpoint(args.model), args.model
-    elif args.pretrained is True:
-        model, label = build_model("vit_b_16", pretrained=True), "vit_b_16 (torchvision ImageNet weights)"
-    elif is_checkpoint(obj := safe_load(args.pretrained)):  # as train.py's --pretrained RUN.pt takes it
-        model, label = model_from_checkpoint(dict(obj, path=args.pretrained)), args.pretrained
-    else:  # weights: the Table 1 model of their shapes; a copy of torchvision's brings ImageNet's classes
-        flags = flags_of(obj)  # from the file as loaded, not read again
-        del obj  # build_model reads the file itself: not two copies of the weights at once
-        try:
-            model = build_model(flags.pop("model", "vit_b_16"), pretrained=args.pretrained, **flags)
-        except ValueError as e:
-            raise UserError(f"{args.pretrained}: {e}") from None
-        label = args.pretrained
+    """The model (with .classes and .preprocess) and a label naming it: vit.checkpoint.load_model, which must find
+    class names to predict."""
+    model, label = load_any_model(args.model, args.pretrained)
     if not model.classes:
         raise UserError(f"{label}: holds no class names; use a checkpoint written by train.py (--model) "
                         "or torchvision's ImageNet vit_b_16 weights (--pretrained [PATH])")
-    return model.eval(), label
-
-
-def expand(inputs):
-    """Image paths from files, folders (recursively, image files only) and glob patterns, each once; also whether
-    any folder or glob was given. Folders and globs that match no image are reported as failures, the
-    non-image files they hold are counted on stderr."""
-    paths, failures, listing = [], [], False
-    for arg in inputs:
-        if "://" in arg or arg == "-":
-            failures.append(f"{arg}: {'a URL' if arg != '-' else 'standard input'} is not read here; save the image "
-                            "to a file and pass its path")
-        elif is_listing(arg):
-            listing = True
-            files = list_files(arg) if Path(arg).is_dir() else sorted(map(Path, glob.glob(arg, recursive=True)))
-            files = [p for p in files if not p.is_dir()]  # a link to a missing file is named as missing
-            found, skipped = [p for p in files if is_image(p)], non_image_note(files)
-            if not found:
-                failures.append(f"{arg}: no image files found{f' ({skipped})' if skipped else ''}; "
-                                "check the folder or pattern")
-            elif skipped:  # as training skips them: a note, not an error
-                print(f"{skipped} in {arg}", file=sys.stderr)
-            paths += found
-        else:
-            paths.append(Path(arg))
-    unique = {}  # an image named twice (photos/ 'photos/*.jpg', or photo.jpg twice) is predicted once; a link is
-    for path in paths:  # a name of its own
-        unique.setdefault(os.path.abspath(path), path)
-    return list(unique.values()), failures, listing
+    return model, label
 
 
 @torch.inference_mode()
@@ -150,22 +115,9 @@ def probabilities(model, tensors, device, explain=False):
 
 def predict(model, paths, device, batch_size, explain, failures):
     """Yield (path, input tensor, probabilities, attention map or None) per readable image, batch by batch."""
-    transform = eval_transform(model.preprocess)
-    bar = tqdm(total=len(paths), unit="img", disable=len(paths) < 2, file=sys.stderr)
-    for start in range(0, len(paths), batch_size):
-        batch, chunk = [], paths[start:start + batch_size]
-        decoded = decode_many(chunk, model.preprocess)
-        for path, (image, why) in zip(chunk, decoded):  # decoded as training's test images are
-            if image is None:
-                failures.append(f"{path}: {why}")
-                tqdm.write(f"error: {path}: {why}", file=sys.stderr)
-            else:
-                batch.append((path, transform(image)))
-        if batch:
-            probs, maps = probabilities(model, [t for _, t in batch], device, explain)
-            yield from ((path, t, p, m) for (path, t), p, m in zip(batch, probs, maps))
-        bar.update(len(chunk))
-    bar.close()
+    for batch, tensors in eval_batches(paths, model.preprocess, batch_size, failures):
+        probs, maps = probabilities(model, tensors, device, explain)
+        yield from zip(batch, tensors, probs, maps)
 
 
 def figure_paths(paths, save, explain=False):
@@ -253,7 +205,7 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=
 
 def run(args):
     """Everything predict.py does; returns the exit status."""
-    paths, failures, listing = expand(args.images + args.img_path)
+    paths, failures, listing = expand_inputs(args.images + args.img_path)
     figures, out_dir = figure_paths([] if args.no_figures else paths, args.save, args.explain)  # before the model
     model, label = load_model(args)
     device = pick_device(args.device)
@@ -292,15 +244,7 @@ def run(args):
 
 def main(argv=None):
     printable_output()
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # the figures saved so far stay
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return exit_status(run, parse_args(argv))
 
 
 if __name__ == "__main__":

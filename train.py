@@ -1,10 +1,14 @@
 """Train a Vision Transformer on an image folder (ROOT/train/<class>/*, ROOT/test/<class>/*).
 
-    python train.py                                            # small ViT from scratch on the bundled fashion set
-    python train.py --data pizza_steak_sushi --pretrained      # fine-tune ImageNet ViT-B/16
-    python train.py --data pizza_steak_sushi --pretrained --freeze   # linear probe: train the head only
-    python train.py --resume models/RUN.pt                     # continue an interrupted run
-    torchrun --nproc_per_node=2 train.py ...                   # data-parallel on 2 processes (DDP)
+    python train.py                                       # a small ViT from scratch on the bundled fashion set
+    python train.py --data my_photos                      # from scratch, the recipe chosen from the images' size
+    python train.py --data my_photos --pretrained         # fine-tune torchvision's ImageNet ViT-B/16
+    python train.py --data my_photos --pretrained --freeze          # linear probe: a new head on frozen features
+    python train.py --data my_photos --pretrained models/RUN.pt     # transfer from a run of ours
+    python train.py --resume models/RUN.pt                # continue an interrupted run
+    torchrun --nproc_per_node=2 train.py ...              # data-parallel on 2 processes (DDP)
+
+A flag left out takes the value of the run's recipe, shown in brackets below; every flag given wins.
 
 Writes models/RUN.pt (every epoch), models/RUN-best.pt (best test accuracy), results/RUN/metrics.json,
 results/RUN/curves.png and results/RUN/confusion_matrix.png.
@@ -29,8 +33,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vit import data, plots
-from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, load_checkpoint, model_flags,
-                            model_from_checkpoint, restore_training, resume_settings, run_files, training_checkpoint)
+from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, load_checkpoint,
+                            model_from_checkpoint, pretrained_flags, restore_training, resume_settings, run_files,
+                            training_checkpoint)
 from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, data_parallel, init_processes, is_master, log, own_share, share_buffers
 from vit.errors import UserError, bounded, file_name, nonempty, printable_output
@@ -41,9 +46,10 @@ from vit.model import SHAPE_FLAGS, build_model, list_models
 from vit.optim import adamw_warmup_cosine
 
 # -----------------------------------------------------------------------------
-# Recipes: every flag left out takes its value from the recipe that fits the run.
-SCRATCH = dict(  # a small ViT from random weights on a small data set
+# Recipes: every flag left out takes its value from the recipe that fits the run (choose_recipe).
+SCRATCH = dict(  # a small ViT from random weights on small images (the bundled 28 px fashion set)
     model="vit_ti_16",      # DeiT-Tiny widths (192 dim, 3 heads, 12 layers)
+    num_layers=None,        # None: the model's own (vit_ti_16's 12)
     image_size=32,          # the bundled fashion images are 28 px
     patch_size=8,           # 4x4 patches: patch 4 (8x8) learns more per epoch but runs 4x slower on a CPU
     stem="conv",            # Sec. 3.1's hybrid (patches of a small CNN's feature map); "patch": the plain ViT
@@ -58,11 +64,21 @@ SCRATCH = dict(  # a small ViT from random weights on a small data set
     mixup=1.0,              # probability of Mixup or CutMix per batch
     clip_grad=1.0,          # max gradient norm (0: no clipping)
 )
+PHOTO_SIDE = 64  # training images whose median shorter side is at least this many pixels are photos
+PHOTOS = dict(SCRATCH,  # from random weights on a folder of photos (docs/from-scratch.md)
+    image_size=64, patch_size=8, num_layers=6, batch_size=32,
+    epochs=80)              # for up to PHOTO_IMAGES photos; a larger folder gets as many steps in fewer epochs
+PHOTO_IMAGES = 1000
 FINETUNE = dict(SCRATCH,  # all weights, starting from pretrained ones (--pretrained)
     model="vit_b_16", image_size=None, patch_size=None, stem="patch",  # None: the weights' own sizes
     epochs=10, batch_size=32, lr=1e-4, warmup_epochs=1, mixup=0.0, trivial_augment=1.0)
+TRANSFER = dict(PHOTOS,  # all weights, from a checkpoint of a run from scratch here (--pretrained models/RUN.pt)
+    image_size=None, patch_size=None, num_layers=None, stem=None,  # None: the checkpoint's own
+    lr=1e-4)                # a third of the photo recipe's (docs/transfer.md); epochs as PHOTOS'
 LINEAR_PROBE = dict(FINETUNE,  # the new head only, on frozen pretrained features (--pretrained --freeze)
     epochs=20, lr=3e-3, weight_decay=0.0, drop_path=0.0, trivial_augment=0.0)  # (images pass the backbone once)
+RECIPES = {"small images": SCRATCH, "photos": PHOTOS, "fine-tune": FINETUNE, "fine-tune ours": TRANSFER,
+           "--freeze": LINEAR_PROBE}
 RESUMABLE = ("device", "workers", "augment", "precision", "compile", "stop_after")  # --resume: the run's unless given
 MOVABLE = ("data", "cache_dir")  # --resume: the run's own unless given (images or cache moved)
 # -----------------------------------------------------------------------------
@@ -74,12 +90,40 @@ def flags(keys):
 
 
 def recipe_defaults(key):
-    """What --help shows as a recipe flag's default, e.g. 'scratch 25, fine-tune 10, --freeze 20'."""
-    recipes = {"scratch": SCRATCH, "fine-tune": FINETUNE, "--freeze": LINEAR_PROBE}
-    values = {name: "the weights'" if r[key] is None else r[key] for name, r in recipes.items()}
+    """What --help shows as a recipe flag's default, e.g. 'small images 25, photos 80 (fewer beyond 1000 ...), ...'."""
+    values = {name: r[key] if r[key] is not None else "the model's" if r is SCRATCH else "the weights'"
+              for name, r in RECIPES.items()}
+    if key == "epochs":
+        values["photos"] = values["fine-tune ours"] = f"{PHOTOS['epochs']} (fewer beyond {PHOTO_IMAGES} photos)"
     if len(set(values.values())) == 1:
-        return str(values["scratch"])
+        return str(values["small images"])
     return ", ".join(f"{name} {value}" for name, value in values.items())
+
+
+def photo_epochs(n):
+    """PHOTOS' epochs for n training photos: its own up to PHOTO_IMAGES, then as many steps in fewer epochs."""
+    return max(1, round(PHOTOS["epochs"] * min(1, PHOTO_IMAGES / max(n, 1))))
+
+
+def choose_recipe(args, splits, scratch_run=False):
+    """(the recipe for the flags left out, a line saying which and why): a linear probe with --pretrained --freeze;
+    with --pretrained, TRANSFER for a checkpoint of a run from scratch here (scratch_run), else FINETUNE; from random
+    weights, PHOTOS or SCRATCH as the training images' size asks (data.typical_size). Photos and transfer take
+    photo_epochs of the training images."""
+    if args.freeze:
+        return LINEAR_PROBE, "--freeze (--pretrained --freeze)"
+    if args.pretrained and not scratch_run:
+        return FINETUNE, "fine-tune (--pretrained)"
+    n, side = data.typical_size(splits.train_dir, splits.classes)
+    if args.pretrained:
+        return dict(TRANSFER, epochs=photo_epochs(n)), (f"fine-tune ours (--pretrained {args.pretrained}, a run "
+                                                         f"from scratch): {photo_epochs(n)} epochs for {n} images")
+    if side < PHOTO_SIDE:
+        return SCRATCH, f"small images (the training images' median shorter side is {side} px, under {PHOTO_SIDE})"
+    recipe = dict(PHOTOS, epochs=photo_epochs(n))
+    return recipe, (f"photos (the training images' median shorter side is {side} px): {recipe['image_size']} px, "
+                    f"{recipe['patch_size']} px patches, {recipe['num_layers']} layers, {recipe['epochs']} epochs "
+                    f"for {n} images")
 
 
 def resume_cli(world, last):
@@ -100,11 +144,12 @@ def parse_args(argv=None):
                    help="dataset folder, or a known name (pizza_steak_sushi); default: bundled fashion set")
     p.add_argument("--model", choices=list_models(), metavar="NAME", help=f"{', '.join(list_models())} ({d('model')})")
     p.add_argument("--pretrained", nargs="?", const=True, metavar="PATH",
-                   help="start from torchvision's ImageNet weights, or from a weights file / checkpoint at PATH")
-    p.add_argument("--freeze", action="store_true", help="train only a new head on frozen pretrained features")
+                   help="start from torchvision's ImageNet weights (downloaded), or from PATH: a copy of their file, "
+                   "or a checkpoint of ours (models/RUN.pt), whose model is built (none: from scratch)")
+    p.add_argument("--freeze", action="store_true", help="train only a new head on frozen pretrained features (off)")
     p.add_argument("--image-size", type=count, metavar="N", help=f"input size in pixels ({d('image_size')})")
     p.add_argument("--patch-size", type=count, metavar="N", help=f"override the model's patch size ({d('patch_size')})")
-    p.add_argument("--num-layers", type=count, metavar="N", help="override the model's depth")
+    p.add_argument("--num-layers", type=count, metavar="N", help=f"override the model's depth ({d('num_layers')})")
     p.add_argument("--stem", choices=("patch", "conv"),
                    help=f"patch: the paper's linear patch embedding; conv: its hybrid, a small CNN first ({d('stem')})")
     p.add_argument("--epochs", type=count, metavar="N", help=f"total epochs ({d('epochs')})")
@@ -121,35 +166,51 @@ def parse_args(argv=None):
     p.add_argument("--clip-grad", type=amount, metavar="F", help=f"max gradient norm, 0: none ({d('clip_grad')})")
     p.add_argument("--seed", type=bounded(int, -2**63, 2**63 - 1), default=0, metavar="N", help="random seed (0)")
     p.add_argument("--device", default="auto", metavar="DEV",
-                   help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+                   help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (auto)")
     p.add_argument("--workers", type=bounded(int, 0), metavar="N",
                    help="data loader processes that augment each image (default: 0 on a CPU, min(8, cores) on a "
                         "GPU); with batches augmented on the device they only prepare the test images")
     p.add_argument("--augment", choices=("auto", "workers", "device"), default="auto",
                    help="augment each image in the DataLoader workers, or whole batches on the training device "
-                        "(vit/augment.py); auto: device on CUDA, workers elsewhere")
+                        "(vit/augment.py); auto: device on CUDA, workers elsewhere (auto)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16: also on a CPU (faster where it has native "
-                        "bf16, e.g. AVX512-BF16); fp32: full precision everywhere")
+                        "bf16, e.g. AVX512-BF16); fp32: full precision everywhere (auto)")
     p.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead"),
                    metavar="MODE", help="torch.compile the model, in its mode MODE (default; reduce-overhead: CUDA "
                    "graphs, for small models that wait on kernel launches); for GPUs: on a CPU it compiles for "
-                   "minutes to gain a few percent")
+                   "minutes to gain a few percent (off)")
     p.add_argument("--name", type=file_name, metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
     p.add_argument("--out-dir", type=nonempty, default=".", metavar="DIR", help="where models/ and results/ go (.)")
     p.add_argument("--cache-dir", type=nonempty, default=str(data.CACHE_DIR), metavar="DIR",
                    help="decoded-image cache (data/.cache)")
     p.add_argument("--resume", type=nonempty, metavar="CHECKPOINT",
                    help="continue the run saved in models/RUN.pt, with its settings; "
-                   f"only {flags(RESUMABLE)} may change (given again), and {flags(MOVABLE)} where they have moved")
-    p.add_argument("--stop-after", type=count, metavar="N", help="stop after N epochs of this session (resume later)")
+                   f"only {flags(RESUMABLE)} may change (given again), and {flags(MOVABLE)} where they have moved "
+                   "(none: a new run)")
+    p.add_argument("--stop-after", type=count, metavar="N",
+                   help="stop after N epochs of this session, to resume later (none: all epochs)")
     args = p.parse_args(argv)
     args.given = [k for k, v in vars(args).items() if v != p.get_default(k)]  # what --resume must not ignore silently
-    recipe = LINEAR_PROBE if args.freeze else FINETUNE if args.pretrained else SCRATCH
+    return args
+
+
+def apply_recipe(args, splits, given):
+    """Fill in the flags left out from the recipe that fits the run (choose_recipe), then, for --pretrained PATH,
+    the model flags of its weights (unless `given`); says which recipe and how to change it."""
+    own, scratch_run = pretrained_flags(args.pretrained) if isinstance(args.pretrained, str) else ({}, False)
+    recipe, why = choose_recipe(args, splits, scratch_run)
     for key, value in recipe.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    return args
+    if own:  # the weights name their model (a checkpoint of ours) or show it (their shapes)
+        clash = [k for k, v in own.items() if k in given and getattr(args, k) != v]
+        if clash:
+            raise UserError(f"{args.pretrained}: weights for {' '.join(f'{flags([k])} {v}' for k, v in own.items())}, "
+                            f"not {' '.join(f'{flags([k])} {getattr(args, k)}' for k in clash)}; leave out "
+                            f"{flags(clash)}: the model is built from the weights")
+        vars(args).update(own)
+    log(f"recipe: {why}; a flag given overrides it (python train.py --help)")
 
 
 def train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, device, autocast, desc, own=math.inf):
@@ -198,17 +259,16 @@ def train(args):
             log(f"{args.resume}: the run finished all {args.epochs} epochs, nothing to resume; "
                 "for more epochs start a new run (--epochs N --name NEW)")
             return list(ckpt["metrics"])
-    if isinstance(args.pretrained, str) and not ckpt:  # one of our checkpoints names its model: build that one
-        for key, value in model_flags(args.pretrained).items():
-            setattr(args, key, getattr(args, key) if key in given else value)
+    if args.freeze and not args.pretrained:
+        raise UserError("--freeze trains only the head on pretrained features; add --pretrained [PATH]")
     root = data.resolve_data(args.data)
     splits = data.find_splits(root)
-    args.data, args.cache_dir = str(root.resolve()), str(Path(args.cache_dir).resolve())  # for --resume from anywhere
     if ckpt and list(ckpt["classes"]) != splits.classes:
         raise UserError(f"{root}: classes {splits.classes} differ from the checkpoint's {ckpt['classes']}; "
                         "resume with the data the run was trained on")
-    if args.freeze and not args.pretrained:
-        raise UserError("--freeze trains only the head on pretrained features; add --pretrained [PATH]")
+    if not ckpt:
+        apply_recipe(args, splits, given)
+    args.data, args.cache_dir = str(root.resolve()), str(Path(args.cache_dir).resolve())  # for --resume from anywhere
     unused = [k for k in ("mixup", "trivial_augment", "drop_path", "augment") if k in given] if args.freeze else []
     if unused:
         log(f"ignored with --freeze: {flags(unused)} (the frozen backbone sees each image once, unaugmented)")

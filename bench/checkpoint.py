@@ -7,7 +7,7 @@ RUN-best.pt). Reported: seconds the loop is blocked per save, and for the writer
 both files are on disk and how long a busy Python thread (a loop of tiny tensor operations, as a training
 loop launching GPU kernels) was held up while the writer wrote: its pauses over 5 ms, summed, and the longest.
 The writer is timed twice: as it writes (through a Python file object) and with torch.save given the file name,
-as it wrote before 2026-11-27.
+as an earlier writer did (torch.save then holds Python's global lock while it opens and closes the file).
 """
 import argparse
 import os
@@ -40,7 +40,7 @@ size = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(),
 
 
 def by_file_name(obj, path):
-    """save_checkpoint as it was before 2026-11-27."""
+    """save_checkpoint with torch.save given the file name instead of an open file, as an earlier version wrote."""
     vit.checkpoint.replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 

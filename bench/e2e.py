@@ -33,11 +33,12 @@ train_args = [a for a in train_args if a != "--"]
 run = train.parse_args(train_args)
 if run.resume:  # its images and name are the checkpoint's, not these flags'
     sys.exit("e2e.py: time a new run, not --resume (the images counted would be the default --data's)")
-if min(run.epochs, run.stop_after or run.epochs) < 3:  # said before the run, not after it
-    sys.exit("e2e.py: run 3 epochs or more (--epochs, --stop-after): the first warms up, the last is not timed")
 if args.alone and not os.path.isfile(args.alone):
     sys.exit(f"e2e.py: {args.alone}: no such file; write it with bench/gpu.py --json")
 splits = data.find_splits(data.resolve_data(run.data))
+epochs = run.epochs or train.choose_recipe(run, splits)[0]["epochs"]  # --epochs, or the recipe's that train.py takes
+if min(epochs, run.stop_after or epochs) < 3:  # said before the run, not after it
+    sys.exit("e2e.py: run 3 epochs or more (--epochs, --stop-after): the first warms up, the last is not timed")
 n_train, n_test = (sum(data.is_image(p) for p in data.list_files(d)) for d in (splits.train_dir, splits.test_dir))
 
 if args.no_checkpoint:

@@ -21,16 +21,16 @@ SMALL="--model vit_ti_16 --image-size 64 --patch-size 8 --num-layers 6 --stem co
 alone() { echo "$*" | sed -e 's/--model/--models/' -e 's/--batch-size/--batch/'; }  # train.py's flags, gpu.py's names
 
 # 1. the model alone, eager (step 3's yardsticks): ViT-B/16 with the paper's patch embedding, and the small
-#    from-scratch model of the README (64 px, 8 px patches from the conv stem, 6 layers)
+#    from-scratch model of docs/from-scratch.md (64 px, 8 px patches from the conv stem, 6 layers)
 step alone
 timeout 45 python3 bench/gpu.py --impls ours $(alone $VIT224) --json /tmp/alone-b16.json > "$OUT/alone.md" 2>&1
 timeout 35 python3 bench/gpu.py --impls ours $(alone $SMALL) --json /tmp/alone-small.json >> "$OUT/alone.md" 2>&1
 
-# 2. toward 50% MFU: compiled ViT-B/16 at batch 256 (47% on 2026-11-27, ours = timm within 0.2%), ours against
-#    timm in one run. Since then our patch embedding is one matrix product over the flattened patches (Eq. 1's
-#    x_p E) where timm runs cuDNN's stride-16 convolution (2.01 ms of a 73 ms step in max-autotune's log, one
-#    direction): predicted ours 3-5% faster than timm, eager and compiled. Then where a compiled step's GPU time
-#    goes: matrix products, attention and the rest. MFU against this GPU's own bf16 matrix-product rate, measured
+# 2. toward 50% MFU: compiled ViT-B/16 at batch 256 (47% on 2026-11-27 with the patch projection a convolution,
+#    ours = timm within 0.2%), ours against timm in one run. Our patch embedding is one matrix product over the
+#    flattened patches (Eq. 1's x_p E) where timm runs cuDNN's stride-16 convolution (2.01 ms of a 73 ms step in
+#    max-autotune's log, one direction): predicted ours 3-5% faster than timm, eager and compiled. Then where a
+#    compiled step's GPU time goes: matrix products, attention and the rest. MFU against this GPU's own bf16 matrix-product rate, measured
 #    first (the issue's 790 TFLOP/s was an H200's; a plain call of the device tool may get an H100)
 step mfu
 timeout 165 python3 bench/gpu.py --compile --models vit_b_16 --impls ours timm --batch 256 --profile 10 \
@@ -39,7 +39,7 @@ timeout 165 python3 bench/gpu.py --compile --models vit_b_16 --impls ours timm -
 # 3. end to end (batches augmented on the GPU, train.py's default there): train.py on 4,500 JPEGs (the 20 percent
 #    set's training photos, 10 copies) and its 150 test photos, each epoch by the wall clock (bench/e2e.py); the
 #    small model also without checkpoints, and without drop path, Mixup/CutMix and clipping, to see what they cost
-#    (on 2026-11-27, all four off: 70% -> 86%; the checkpoint's stall at opening its file is fixed since)
+#    (on 2026-11-27, all four off: 70% -> 86%, measured while torch.save was given a file name and stalled)
 step e2e
 mkdir -p /tmp/e2e/train /tmp/e2e/test
 for c in pizza steak sushi; do

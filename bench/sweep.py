@@ -3,9 +3,8 @@
     python bench/sweep.py --data ROOT [ROOT ...] --out runs/ [--parallel 8] [--only NAME ...]
     python bench/sweep.py --out runs/ --table        # the table of runs already done
 
-Used to choose train.py's from-scratch defaults (README, "From scratch on 225 photos"; every measurement is in
-docs/from-scratch.md). Reports the final epoch's test accuracy and the mean of the last 10 epochs, not the best
-epoch (that would pick on test).
+Used to choose train.py's from-scratch defaults (every measurement is in docs/from-scratch.md). Reports the final
+epoch's test accuracy and the mean of the last 10 epochs, not the best epoch (that would pick on test).
 """
 import argparse
 import json
@@ -18,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # name: train.py flags on top of the from-scratch defaults
-S64_P8_L6 = ["--image-size", "64", "--patch-size", "8", "--num-layers", "6"]  # the README's from-scratch command
+S64_P8_L6 = ["--image-size", "64", "--patch-size", "8", "--num-layers", "6"]  # docs/from-scratch.md's command
 RECIPES = {
     "s64-p8-l6": S64_P8_L6,
     "s64-p8-l6-seed1": [*S64_P8_L6, "--seed", "1"],

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import predict as predict_script
+import vit.checkpoint
 from vit import build_model
 from vit.checkpoint import model_checkpoint, save_checkpoint
 from vit.data import decode, eval_normalise, eval_transform
@@ -341,7 +342,7 @@ def test_pretrained_uses_the_models_classes_and_preprocessing(tmp_path, capsys, 
     model.classes = ["tench", "goldfish", "shark"]
     model.preprocess = dict(model.preprocess, resize_size=48, mean=[0.5] * 3, std=[0.5] * 3)
     built = []
-    monkeypatch.setattr(predict_script, "build_model", lambda *a, **k: built.append((a, k)) or model)
+    monkeypatch.setattr(vit.checkpoint, "build_model", lambda *a, **k: built.append((a, k)) or model)
     image = write_image(tmp_path / "fish.png", 5, size=(64, 50))
     result = predict_here(capsys, "--pretrained", image, "--json", "--save", tmp_path / "out")
     assert result.returncode == 0, result.stderr
@@ -357,7 +358,7 @@ def test_pretrained_path_loads_that_weights_file(tmp_path, capsys, monkeypatch):
     model = tiny_model()  # stands in for torchvision's ViT-B/16 with the ImageNet weights of a file
     model.classes = ["tench", "goldfish", "shark"]
     built = []
-    monkeypatch.setattr(predict_script, "build_model", lambda *a, **k: built.append((a, k)) or model)
+    monkeypatch.setattr(vit.checkpoint, "build_model", lambda *a, **k: built.append((a, k)) or model)
     image = write_image(tmp_path / "photos" / "fish.png", 5)
     weights = tmp_path / "b16.pth"
     torch.save(model.state_dict(), weights)  # the Table 1 model of its shapes: vit_ti_16 with 8 px patches, 2 layers

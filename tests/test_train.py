@@ -30,6 +30,7 @@ from vit.distributed import log, own_share
 from vit.errors import UserError
 from vit.loaders import make_loaders
 from vit.model import VisionTransformer, build_model
+from vit.weights import interpolate_pos_embed
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 24, 12  # readable images per split (two classes, half each)
@@ -472,6 +473,142 @@ def test_pretrained_from_our_checkpoint_builds_its_model(reference, dataset, tmp
     for key, value in old["state_dict"].items():  # lr 0: the checkpoint's weights (batch-norm statistics move)
         if "running_" not in key and "num_batches" not in key:
             assert torch.equal(new["state_dict"][key], value), key
+
+
+def test_with_data_alone_photos_get_the_photo_recipe_and_small_images_the_small_one(dataset, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    for split, n in (("train", 3), ("test", 1)):
+        for name, low in (("light", 150), ("dark", 0)):
+            (photos / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(low, low + 106, (128, 160 if i % 2 else 128, 3), dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(photos / split / name / f"{i}.jpg")
+    common = ["--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--epochs", "1"]
+    train.main(["--data", str(photos), "--name", "photos", *common])  # --epochs given: it wins
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("recipe: ")]
+    assert said == ["recipe: photos (the training images' median shorter side is 128 px): 64 px, 8 px patches, 6 "
+                    f"layers, {train.PHOTOS['epochs']} epochs for 6 images; a flag given overrides it (python train.py "
+                    "--help)"]
+    ckpt = load_checkpoint(tmp_path / "models" / "photos.pt")
+    config, saved = ckpt["model"]["config"], ckpt["args"]
+    assert (config["image_size"], config["patch_size"], config["num_layers"], config["stem"]) == (64, 8, 6, "conv")
+    assert (saved["epochs"], saved["batch_size"], saved["lr"]) == (1, train.PHOTOS["batch_size"], train.PHOTOS["lr"])
+    train.main(["--data", str(dataset), "--name", "small", *common])  # 20 x 24 px images
+    assert "recipe: small images (the training images' median shorter side is 20 px, under 64)" in \
+        capsys.readouterr().out
+    config = load_checkpoint(tmp_path / "models" / "small.pt")["model"]["config"]
+    assert (config["image_size"], config["patch_size"], config["num_layers"]) == (32, 8, 12)
+
+
+def test_a_larger_folder_of_photos_gets_as_many_steps_in_fewer_epochs():
+    epochs, most = train.PHOTOS["epochs"], train.PHOTO_IMAGES
+    assert train.photo_epochs(225) == train.photo_epochs(most) == epochs
+    assert train.photo_epochs(2 * most) == epochs // 2 and train.photo_epochs(10**7) == 1
+
+
+def write_colours(folder, n, seed):
+    """n noisy 28 px images per class, 'red', 'green' and 'blue' (that channel light): classes to pretrain on."""
+    g = torch.Generator().manual_seed(seed)
+    for channel, name in enumerate(("red", "green", "blue")):
+        (folder / name).mkdir(parents=True)
+        for i in range(n):
+            pixels = torch.randint(0, 100, (28, 28, 3), generator=g, dtype=torch.uint8)
+            pixels[..., channel] += 150
+            Image.fromarray(pixels.numpy()).save(folder / name / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    """The checkpoint of a run from scratch on three other classes (16 px, 4 px patches of the conv stem, 2 layers):
+    a backbone to transfer to the bright/dark dataset."""
+    root, out = tmp_path_factory.mktemp("colours"), tmp_path_factory.mktemp("pretraining")
+    write_colours(root / "train", 6, seed=0)
+    write_colours(root / "test", 3, seed=1)
+    train.main(flags(root, out, "--stem", "conv", "--epochs", "2", "--lr", "2e-3", "--name", "pre"))
+    return out / "models" / "pre.pt"
+
+
+def transfer(dataset, out, pretrained, *extra):
+    """train.py flags for a run on the bright/dark dataset from the checkpoint `pretrained`: no model flags."""
+    return ["--data", str(dataset), "--out-dir", str(out), "--cache-dir", str(out / "cache"), "--device", "cpu",
+            "--batch-size", "8", "--pretrained", str(pretrained), *extra]
+
+
+def predicted_classes(checkpoint, image):
+    """The class names predict.py --json gives for an image."""
+    result = subprocess.run([sys.executable, str(REPO / "predict.py"), "--model", str(checkpoint), str(image),
+                             "--json", "--no-figures", "--topk", "5"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return {p["class"] for p in json.loads(result.stdout)["predictions"]}
+
+
+def test_fine_tuning_a_run_on_other_classes_at_another_size_starts_from_its_backbone(pretrained_run, dataset,
+                                                                                     tmp_path, capsys):
+    # lr 0: the weights saved are those fine-tuning started from; 24 px instead of the run's 16: a 6 x 6 grid
+    train.main(transfer(dataset, tmp_path, pretrained_run, "--image-size", "24", "--lr", "0", "--epochs", "1",
+                        "--name", "ft"))
+    out = capsys.readouterr().out
+    assert f"recipe: fine-tune ours (--pretrained {pretrained_run}, a run from scratch): {train.PHOTOS['epochs']} " \
+        "epochs for 25 images" in out and "model: vit_ti_16 24px patch 4, " in out  # broken.png too
+    old, new = load_checkpoint(pretrained_run), load_checkpoint(tmp_path / "models" / "ft.pt")
+    assert old["classes"] == ["blue", "green", "red"] and new["classes"] == ["bright", "dark"]
+    assert new["state_dict"]["head.weight"].shape == (2, 192)  # a new head: the old one scored colours
+    config = new["model"]["config"]
+    assert (config["image_size"], config["patch_size"], config["num_layers"], config["stem"]) == (24, 4, 2, "conv")
+    assert new["preprocess"]["crop_size"] == 24 and new["preprocess"]["resize_size"] == round(24 * 256 / 224)
+    for key, value in old["state_dict"].items():  # (batch norm's running statistics move in training mode)
+        if not key.startswith("head.") and "running_" not in key and "num_batches" not in key:
+            expected = interpolate_pos_embed(value, 6) if key == "embed.pos_embed" else value
+            assert torch.equal(new["state_dict"][key], expected), key
+    assert predicted_classes(tmp_path / "models" / "ft.pt", dataset / "test" / "dark" / "0.png") == {"bright", "dark"}
+
+
+def test_a_linear_probe_of_a_run_sees_each_image_once_and_leaves_its_backbone_as_it_was(pretrained_run, dataset,
+                                                                                         tmp_path, monkeypatch):
+    original, seen = VisionTransformer.forward_features, []
+
+    def counting(self, x, *args, **kwargs):
+        seen.append(len(x))
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(VisionTransformer, "forward_features", counting)
+    metrics = train.main(transfer(dataset, tmp_path, pretrained_run, "--freeze", "--epochs", "3", "--name", "probe"))
+    assert sum(seen) == N_TRAIN + N_TEST and metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    old, new = load_checkpoint(pretrained_run), load_checkpoint(tmp_path / "models" / "probe.pt")
+    for key, value in old["state_dict"].items():  # batch norm too: the conv stem ran in evaluation mode
+        if not key.startswith("head."):
+            assert torch.equal(new["state_dict"][key], value), key
+    assert new["state_dict"]["head.weight"].shape == (2, 192) and new["state_dict"]["head.weight"].abs().sum() > 0
+    monkeypatch.undo()
+    assert predicted_classes(tmp_path / "models" / "probe.pt", dataset / "test" / "dark" / "0.png") == {"bright",
+                                                                                                        "dark"}
+
+
+def test_a_fine_tuning_run_resumed_equals_it_uninterrupted(pretrained_run, dataset, tmp_path, capsys):
+    common = transfer(dataset, tmp_path, pretrained_run, "--epochs", "2", "--lr", "1e-3")
+    whole = train.main(common + ["--name", "whole"])
+    train.main(common + ["--name", "part", "--stop-after", "1"])
+    resumed = train.main(["--resume", str(tmp_path / "models" / "part.pt")])
+    assert len(resumed) == len(whole) == 2
+    for a, b in zip(resumed, whole):
+        assert {k: a[k] for k in KEYS - {"seconds"}} == {k: b[k] for k in KEYS - {"seconds"}}
+
+
+def test_pretrained_flags_that_contradict_the_weights_and_a_results_folder_are_one_line(pretrained_run, dataset,
+                                                                                          tmp_path, capsys):
+    runs = pretrained_run.parent.parent
+    for extra, message in (
+            (["--pretrained", str(pretrained_run), "--stem", "patch"],
+             f"{pretrained_run}: weights for --model vit_ti_16 --patch-size 4 --num-layers 2 --stem conv, not "
+             "--stem patch; leave out --stem: the model is built from the weights"),
+            (["--pretrained", str(runs / "results" / "pre")],
+             f"{runs / 'results' / 'pre'}: a run's results folder, not a checkpoint; pass its checkpoint, "
+             f"{pretrained_run}")):
+        with pytest.raises(SystemExit) as exit_:
+            train.main(["--data", str(dataset), "--out-dir", str(tmp_path), "--device", "cpu", *extra])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err == f"error: {message}\n", err
+    assert not (tmp_path / "models").exists()
 
 
 def make_bad(kind, root):

@@ -11,7 +11,7 @@ import torch
 
 from vit.errors import UserError
 from vit.files import replace_atomically
-from vit.model import SHAPE_FLAGS, VisionTransformer
+from vit.model import SHAPE_FLAGS, VisionTransformer, build_model
 from vit.weights import CHECKPOINT_FORMAT, from_torchvision, is_checkpoint, safe_load, table1_flags
 
 
@@ -134,17 +134,20 @@ def load_checkpoint(path):
     return ckpt
 
 
-def model_flags(path):
-    """train.py's model flags (model, patch_size, num_layers, stem) for the weights in `path`, so that --pretrained
-    PATH builds their model: a checkpoint's own, else the Table 1 model of a state dict's shapes; or {}."""
+def pretrained_flags(path):
+    """(train.py's model flags (model, patch_size, num_layers, stem) for the weights in `path`, so that --pretrained
+    PATH builds their model: a checkpoint's own, else the Table 1 model of a state dict's shapes, or {}; whether they
+    are a checkpoint of a train.py run from random weights, whose transfer has a recipe of its own)."""
     try:  # mapped, not read: build_model loads the weights next (and names what is wrong with a bad file)
-        return flags_of(safe_load(path, mmap=True))
+        obj = safe_load(path, mmap=True)
     except UserError:
-        return {}
+        return {}, False
+    run = obj.get("args") if is_checkpoint(obj) else None
+    return flags_of(obj), isinstance(run, dict) and not run.get("pretrained")
 
 
 def flags_of(obj):
-    """model_flags of a file already loaded (safe_load)."""
+    """The model flags of pretrained_flags for a file already loaded (safe_load)."""
     if not is_checkpoint(obj):
         return table1_flags(from_torchvision(obj) if isinstance(obj, dict) and "conv_proj.weight" in obj else obj)
     model = obj.get("model")
@@ -262,6 +265,26 @@ def model_from_checkpoint(ckpt):
     if ckpt.get("preprocess"):
         model.preprocess = dict(ckpt["preprocess"])
     return model
+
+
+def load_model(model_path=None, pretrained=None):
+    """A model to predict with or look into, in eval mode, and a label naming it -> (model, label): the checkpoint of
+    train.py at model_path (predict.py's --model); or with pretrained=True torchvision's ImageNet vit_b_16; or the
+    file at pretrained=PATH: a checkpoint (as train.py's --pretrained RUN.pt takes it) or a state dict, built as the
+    Table 1 model of its shapes (a copy of torchvision's brings ImageNet's classes). Its model.classes may be None."""
+    if model_path:
+        return model_from_checkpoint(model_path).eval(), model_path
+    if pretrained is True:
+        return build_model("vit_b_16", pretrained=True).eval(), "vit_b_16 (torchvision ImageNet weights)"
+    if is_checkpoint(obj := safe_load(pretrained)):
+        return model_from_checkpoint(dict(obj, path=pretrained)).eval(), pretrained
+    flags = flags_of(obj)  # from the file as loaded, not read again
+    del obj  # build_model reads the file itself: not two copies of the weights at once
+    try:
+        model = build_model(flags.pop("model", "vit_b_16"), pretrained=pretrained, **flags)
+    except ValueError as e:
+        raise UserError(f"{pretrained}: {e}") from None
+    return model.eval(), pretrained
 
 
 def git_commit():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from vit.errors import UserError, printable_output
+from vit.errors import UserError, exit_status, printable_output
 from vit.plots import figure_format, save_figure, whole_epochs
 
 KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")  # needed per epoch record
@@ -97,18 +97,15 @@ def main(argv=None):
                                      "curves.")
     parser.add_argument("runs", nargs="+", help="run folders or metrics.json files")
     parser.add_argument("--out", default="results/compare.png", help="figure path (.png, .pdf, .svg, ...)")
-    args = parser.parse_args(argv)
-    try:
-        figure_format(args.out)
-        folders, records = zip(*(load_run(arg) for arg in args.runs))
-        runs = list(zip(run_names(folders), records))
-        plot_runs(runs, args.out)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # the figure is written atomically: an earlier one stays whole
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return exit_status(run, parser.parse_args(argv))
+
+
+def run(args):
+    """Everything python -m vit.compare does: the figure, then the table; returns the exit status."""
+    figure_format(args.out)
+    folders, records = zip(*(load_run(arg) for arg in args.runs))
+    runs = list(zip(run_names(folders), records))
+    plot_runs(runs, args.out)
     print(summary(runs))
     print(f"figure: {args.out}")
     return 0

@@ -4,6 +4,7 @@ A dataset is a torchvision ImageFolder tree: ROOT/train/<class>/<image> and ROOT
 (`val/` is accepted for `test/`). Images are decoded once into uint8 tensors (shorter side resized),
 optionally cached on disk (and then memory-mapped from there), and augmented per sample on the fly.
 """
+import glob
 import hashlib
 import os
 import pickle
@@ -28,6 +29,7 @@ from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
+from tqdm import tqdm
 
 from vit.checkpoint import save_checkpoint
 from vit.errors import UserError
@@ -129,6 +131,39 @@ def list_files(folder):
     return sorted(files)
 
 
+def is_listing(arg):
+    """Whether an input names several images at once: a folder or a glob pattern."""
+    return Path(arg).is_dir() or not Path(arg).exists() and any(c in arg for c in "*?[")  # "photo [1].jpg": a file
+
+
+def expand_inputs(inputs):
+    """Image paths from files, folders (recursively, image files only) and glob patterns, each once; also whether
+    any folder or glob was given -> (paths, failures, listing). Folders and globs that match no image are reported as
+    failures, the non-image files they hold are counted on stderr; a file is listed unchecked."""
+    paths, failures, listing = [], [], False
+    for arg in inputs:
+        if "://" in arg or arg == "-":
+            failures.append(f"{arg}: {'a URL' if arg != '-' else 'standard input'} is not read here; save the image "
+                            "to a file and pass its path")
+        elif is_listing(arg):
+            listing = True
+            files = list_files(arg) if Path(arg).is_dir() else sorted(map(Path, glob.glob(arg, recursive=True)))
+            files = [p for p in files if not p.is_dir()]  # a link to a missing file is named as missing
+            found, skipped = [p for p in files if is_image(p)], non_image_note(files)
+            if not found:
+                failures.append(f"{arg}: no image files found{f' ({skipped})' if skipped else ''}; "
+                                "check the folder or pattern")
+            elif skipped:  # as training skips them: a note, not an error
+                print(f"{skipped} in {arg}", file=sys.stderr)
+            paths += found
+        else:
+            paths.append(Path(arg))
+    unique = {}  # an image named twice (photos/ 'photos/*.jpg', or photo.jpg twice) is predicted once; a link is
+    for path in paths:  # a name of its own
+        unique.setdefault(os.path.abspath(path), path)
+    return list(unique.values()), failures, listing
+
+
 def split_folder(root, *names):
     """The sub-folder of root with the first of names it has, in any case (Train/ too), or None."""
     root = Path(root)
@@ -228,6 +263,20 @@ def open_rgb(path):
         raise UserError(f"{path}: cannot read image ({e}); replace or delete the file") from None
 
 
+def typical_size(split_dir, classes, sample=64):
+    """(number of images, median shorter side in pixels) of a split, the side read from the headers of up to
+    `sample` images spread over its classes (unreadable ones left out; 0 when none can be read)."""
+    paths = [p for name in classes for p in list_files(Path(split_dir) / name) if is_image(p)]
+    sides = []
+    for path in paths[::max(1, len(paths) // sample)][:sample]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (OSError, SyntaxError, ValueError):
+            pass
+    return len(paths), sorted(sides)[len(sides) // 2] if sides else 0
+
+
 @dataclass
 class Decoded:
     images: list  # uint8 tensors (3, H, W), shorter side == size
@@ -277,6 +326,26 @@ def decode_many(paths, preprocess, threads=THREADS):
     """decode() every path in `threads` threads: a list in the same order of (tensor, None) or (None, why)."""
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(_decode_or_why, paths, repeat(preprocess)))
+
+
+def eval_batches(paths, preprocess, batch_size, failures):
+    """Yield (paths, tensors) batch by batch for the images at paths, each decoded and cropped as training's test
+    images are (decode_many, eval_transform); an image that cannot be read is named on stderr, added to failures
+    and skipped. A progress bar on stderr for more than one image."""
+    transform = eval_transform(preprocess)
+    bar = tqdm(total=len(paths), unit="img", disable=len(paths) < 2, file=sys.stderr)
+    for start in range(0, len(paths), batch_size):
+        chunk, batch = paths[start:start + batch_size], []
+        for path, (image, why) in zip(chunk, decode_many(chunk, preprocess)):
+            if image is None:
+                failures.append(f"{path}: {why}")
+                tqdm.write(f"error: {path}: {why}", file=sys.stderr)
+            else:
+                batch.append((path, transform(image)))
+        if batch:
+            yield [path for path, _ in batch], [tensor for _, tensor in batch]
+        bar.update(len(chunk))
+    bar.close()
 
 
 def load_split(split_dir, classes, preprocess, cache_dir=None, threads=THREADS):

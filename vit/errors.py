@@ -33,6 +33,19 @@ def interrupt_quietly():
     sys.excepthook = hook
 
 
+def exit_status(run, args):
+    """What a script's main() returns: run(args)'s exit status, or 2 after a UserError, said as one line 'error: ...',
+    or 130 after Ctrl-C, said as 'interrupted' (the files already written stay whole: each is written atomically)."""
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
 def bounded(kind, low, high=math.inf, below=False):
     """An argparse type: a `kind` (int or float) from low to high (strictly below high with below=True), so that a
     flag out of range is argparse's one error line, not a traceback deep in training. Infinity is refused too (a

@@ -58,6 +58,10 @@ def safe_load(path, mmap=False):
     tensors' bytes instead of reading them (for a look at a file's small entries; torch.save's zip format only)."""
     path = Path(path)
     if path.is_dir():
+        run = path.parent.parent / "models" / f"{path.name}.pt"  # OUT/results/RUN -> OUT/models/RUN.pt (run_files)
+        if (path / "metrics.json").is_file():
+            found = f"pass its checkpoint, {run}" if run.is_file() else "pass its checkpoint, models/RUN.pt"
+            raise UserError(f"{path}: a run's results folder, not a checkpoint; {found}")
         raise UserError(f"{path}: a folder, not a file; pass the weights file or checkpoint in it (models/RUN.pt)")
     if not path.is_file():
         raise UserError(f"{path}: no such file; check the path")
