@@ -105,7 +105,7 @@ def photo_epochs(n):
     return max(1, round(PHOTOS["epochs"] * min(1, PHOTO_IMAGES / max(n, 1))))
 
 
-def choose_recipe(args, splits, scratch_run=False):
+def choose_recipe(args, splits, scratch_run):
     """(the recipe for the flags left out, a line saying which and why): a linear probe with --pretrained --freeze;
     with --pretrained, TRANSFER for a checkpoint of a run from scratch here (scratch_run), else FINETUNE; from random
     weights, PHOTOS or SCRATCH as the training images' size asks (data.typical_size). Photos and transfer take
@@ -116,8 +116,9 @@ def choose_recipe(args, splits, scratch_run=False):
         return FINETUNE, "fine-tune (--pretrained)"
     n, side = data.typical_size(splits.train_dir, splits.classes)
     if args.pretrained:
-        return dict(TRANSFER, epochs=photo_epochs(n)), (f"fine-tune ours (--pretrained {args.pretrained}, a run "
-                                                         f"from scratch): {photo_epochs(n)} epochs for {n} images")
+        epochs = photo_epochs(n)
+        return dict(TRANSFER, epochs=epochs), (f"fine-tune ours (--pretrained {args.pretrained}, a run from scratch): "
+                                               f"{epochs} epochs for {n} images")
     if side < PHOTO_SIDE:
         return SCRATCH, f"small images (the training images' median shorter side is {side} px, under {PHOTO_SIDE})"
     recipe = dict(PHOTOS, epochs=photo_epochs(n))

@@ -36,7 +36,9 @@ if run.resume:  # its images and name are the checkpoint's, not these flags'
 if args.alone and not os.path.isfile(args.alone):
     sys.exit(f"e2e.py: {args.alone}: no such file; write it with bench/gpu.py --json")
 splits = data.find_splits(data.resolve_data(run.data))
-epochs = run.epochs or train.choose_recipe(run, splits)[0]["epochs"]  # --epochs, or the recipe's that train.py takes
+recipe = argparse.Namespace(**vars(run))  # the flags train.py will run with: its recipe fills the ones left out
+train.apply_recipe(recipe, splits, run.given)
+epochs = recipe.epochs
 if min(epochs, run.stop_after or epochs) < 3:  # said before the run, not after it
     sys.exit("e2e.py: run 3 epochs or more (--epochs, --stop-after): the first warms up, the last is not timed")
 n_train, n_test = (sum(data.is_image(p) for p in data.list_files(d)) for d in (splits.train_dir, splits.test_dir))
