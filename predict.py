@@ -23,9 +23,11 @@ Exit status: 0; 2 after any error, each one line (an image that cannot be read i
 are still predicted); 130 on Ctrl-C (the figures saved so far stay).
 """
 from vit.errors import interrupt_quietly
+from vit.threads import share_cores
 
 if __name__ == "__main__":  # first: Ctrl-C while torch imports (seconds) is one line, not a traceback
     interrupt_quietly()
+    share_cores()  # OpenMP threads that sleep soon when they wait (vit/threads.py)
 
 import argparse
 import csv
@@ -40,8 +42,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vit.checkpoint import load_model as load_any_model
-from vit.data import (CACHE_DIR, class_folders, eval_batches, eval_images, eval_normalise, is_image,
-                      expand_inputs, is_listing, load_split, split_folder)
+from vit.cache import CACHE_DIR, load_split
+from vit.folders import expand_inputs, is_image, is_listing, labelled_folder
+from vit.decoding import eval_batches
+from vit.loaders import eval_images
+from vit.transforms import eval_normalise
 from vit.device import pick_device
 from vit.errors import UserError, bounded, exit_status, nonempty, printable_output
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure, token_shift
@@ -173,25 +178,18 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=
     """Accuracy, per-class metrics and confusion matrix on a labelled folder (its images decoded once into cache_dir,
     as train.py's test images are); printed (a table, or with as_json the JSON object evaluation.json holds, on one
     line) and saved in out_dir."""
-    root = Path(root)
-    split = split_folder(root, "test", "val") or root
-    if not split.is_dir():
-        what = "a file, not a folder" if root.exists() else "no such folder"
-        raise UserError(f"{root}: {what}; pass ROOT/<class>/<images> or a root holding test/")
-    folders = class_folders(split)
-    unknown = [f for f in folders if f not in model.classes]
-    if not folders:
-        raise UserError(f"{split}: no class folders; pass ROOT/<class>/<images> or a root holding test/")
+    split, folders, names, files = labelled_folder(root)
+    unknown = [f for f, name in zip(folders, names) if name not in model.classes]
     if unknown:
         raise UserError(f"{split}: class folder(s) {', '.join(unknown)} are not among the model's classes "
                         f"({', '.join(model.classes[:10])}); pass a folder with one sub-folder per class")
-    decoded = load_split(split, folders, model.preprocess, cache_dir)
+    decoded = load_split(split, folders, model.preprocess, cache_dir, files=files)
     if decoded.non_images:
         print(f"{decoded.non_images} in {split}", file=sys.stderr)
     for path, reason in decoded.skipped:
         failures.append(f"{path}: {reason}")
         print(f"error: {path}: {reason}", file=sys.stderr)
-    decoded.labels = [model.classes.index(folders[label]) for label in decoded.labels]  # the model's class indices
+    decoded.labels = [model.classes.index(names[label]) for label in decoded.labels]  # the model's class indices
     loader = DataLoader(eval_images(decoded, model.preprocess), batch_size=batch_size)  # as train.py's test pass
     bar = tqdm(loader, desc="evaluate", unit="batch", file=sys.stderr)
     _, _, matrix = evaluate(model, bar, eval_normalise(model.preprocess), len(model.classes), device)

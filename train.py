@@ -14,17 +14,19 @@ Writes models/RUN.pt (every epoch), models/RUN-best.pt (best test accuracy), res
 results/RUN/curves.png and results/RUN/confusion_matrix.png.
 """
 from vit.errors import interrupt_quietly
+from vit.threads import share_cores
 
 if __name__ == "__main__":  # first: Ctrl-C while torch imports (seconds) is one line, not a traceback
     interrupt_quietly()
+    share_cores()  # OpenMP threads that sleep soon when they wait (vit/threads.py)
 
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,18 +34,23 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vit import data, plots
-from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, load_checkpoint,
-                            model_from_checkpoint, pretrained_flags, restore_training, resume_settings, run_files,
-                            training_checkpoint)
+from vit import plots
+from vit.cache import CACHE_DIR
+from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, model_from_checkpoint, open_run,
+                            restore_training, run_files, training_checkpoint)
 from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, data_parallel, init_processes, is_master, log, own_share, share_buffers
 from vit.errors import UserError, bounded, file_name, nonempty, printable_output
 from vit.files import make_folders, write_text
-from vit.loaders import decode_splits, make_loaders
+from vit.folders import dataset_folder, find_splits, resolve_data, typical_size
+from vit.loaders import decode_splits, make_loaders, seed_epoch
 from vit.metrics import evaluate
-from vit.model import SHAPE_FLAGS, build_model, list_models
+from vit.model import list_models
 from vit.optim import adamw_warmup_cosine
+from vit.settings import MOVABLE, RESUMABLE, describe, flags, new_settings, resumed_settings
+from vit.threads import CpuShare, busy_note
+from vit.transforms import mixing
+from vit.weights import build_model, open_weights
 
 # -----------------------------------------------------------------------------
 # Recipes: every flag left out takes its value from the recipe that fits the run (choose_recipe).
@@ -79,14 +86,7 @@ LINEAR_PROBE = dict(FINETUNE,  # the new head only, on frozen pretrained feature
     epochs=20, lr=3e-3, weight_decay=0.0, drop_path=0.0, trivial_augment=0.0)  # (images pass the backbone once)
 RECIPES = {"small images": SCRATCH, "photos": PHOTOS, "fine-tune": FINETUNE, "fine-tune ours": TRANSFER,
            "--freeze": LINEAR_PROBE}
-RESUMABLE = ("device", "workers", "augment", "precision", "compile", "stop_after")  # --resume: the run's unless given
-MOVABLE = ("data", "cache_dir")  # --resume: the run's own unless given (images or cache moved)
 # -----------------------------------------------------------------------------
-
-
-def flags(keys):
-    """Argument names as typed on the command line: ("cache_dir", "lr") -> '--cache-dir, --lr'."""
-    return ", ".join("--" + k.replace("_", "-") for k in keys)
 
 
 def recipe_defaults(key):
@@ -105,19 +105,19 @@ def photo_epochs(n):
     return max(1, round(PHOTOS["epochs"] * min(1, PHOTO_IMAGES / max(n, 1))))
 
 
-def choose_recipe(args, splits, scratch_run):
+def choose_recipe(given, splits, source):
     """(the recipe for the flags left out, a line saying which and why): a linear probe with --pretrained --freeze;
-    with --pretrained, TRANSFER for a checkpoint of a run from scratch here (scratch_run), else FINETUNE; from random
-    weights, PHOTOS or SCRATCH as the training images' size asks (data.typical_size). Photos and transfer take
+    with --pretrained, TRANSFER for a checkpoint of a run from scratch here (source.from_scratch), else FINETUNE; from
+    random weights, PHOTOS or SCRATCH as the training images' size asks (typical_size). Photos and transfer take
     photo_epochs of the training images."""
-    if args.freeze:
+    if given.get("freeze"):
         return LINEAR_PROBE, "--freeze (--pretrained --freeze)"
-    if args.pretrained and not scratch_run:
+    if source and not source.from_scratch:
         return FINETUNE, "fine-tune (--pretrained)"
-    n, side = data.typical_size(splits.train_dir, splits.classes)
-    if args.pretrained:
+    n, side = typical_size(splits.train_dir, splits.classes)
+    if source:
         epochs = photo_epochs(n)
-        return dict(TRANSFER, epochs=epochs), (f"fine-tune ours (--pretrained {args.pretrained}, a run from scratch): "
+        return dict(TRANSFER, epochs=epochs), (f"fine-tune ours (--pretrained {source.source}, a run from scratch): "
                                                f"{epochs} epochs for {n} images")
     if side < PHOTO_SIDE:
         return SCRATCH, f"small images (the training images' median shorter side is {side} px, under {PHOTO_SIDE})"
@@ -137,8 +137,10 @@ def resume_cli(world, last):
 
 
 def parse_args(argv=None):
-    """The command line; recipe flags default to None and are filled in from the recipe."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The flags given on the command line, as a dict (a flag left out is absent: its value comes from the recipe or
+    vit.settings.Settings, which --help shows in brackets)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
     d = recipe_defaults
     count, share, amount = bounded(int, 1), bounded(float, 0, 1), bounded(float, 0)  # the flags' types and ranges
     p.add_argument("--data", type=nonempty, metavar="ROOT",
@@ -165,16 +167,18 @@ def parse_args(argv=None):
     p.add_argument("--trivial-augment", type=share, metavar="P",
                    help=f"probability of a TrivialAugment op per training image ({d('trivial_augment')})")
     p.add_argument("--clip-grad", type=amount, metavar="F", help=f"max gradient norm, 0: none ({d('clip_grad')})")
-    p.add_argument("--seed", type=bounded(int, -2**63, 2**63 - 1), default=0, metavar="N", help="random seed (0)")
-    p.add_argument("--device", default="auto", metavar="DEV",
-                   help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (auto)")
+    p.add_argument("--seed", type=bounded(int, -2**63, 2**63 - 1), metavar="N", help="random seed (0)")
+    p.add_argument("--device", metavar="DEV", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (auto)")
+    p.add_argument("--threads", type=count, metavar="N",
+                   help="CPU threads for the model's operators (default: PyTorch's, one per core); 1 for each of "
+                        "two runs that share the cores")
     p.add_argument("--workers", type=bounded(int, 0), metavar="N",
                    help="data loader processes that augment each image (default: 0 on a CPU, min(8, cores) on a "
                         "GPU); with batches augmented on the device they only prepare the test images")
-    p.add_argument("--augment", choices=("auto", "workers", "device"), default="auto",
+    p.add_argument("--augment", choices=("auto", "workers", "device"),
                    help="augment each image in the DataLoader workers, or whole batches on the training device "
                         "(vit/augment.py); auto: device on CUDA, workers elsewhere (auto)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"),
                    help="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16: also on a CPU (faster where it has native "
                         "bf16, e.g. AVX512-BF16); fp32: full precision everywhere (auto)")
     p.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead"),
@@ -182,204 +186,262 @@ def parse_args(argv=None):
                    "graphs, for small models that wait on kernel launches); for GPUs: on a CPU it compiles for "
                    "minutes to gain a few percent (off)")
     p.add_argument("--name", type=file_name, metavar="RUN", help="run name (default: MODEL-DATASET-TIMESTAMP)")
-    p.add_argument("--out-dir", type=nonempty, default=".", metavar="DIR", help="where models/ and results/ go (.)")
-    p.add_argument("--cache-dir", type=nonempty, default=str(data.CACHE_DIR), metavar="DIR",
-                   help="decoded-image cache (data/.cache)")
+    p.add_argument("--out-dir", type=nonempty, metavar="DIR", help="where models/ and results/ go (.)")
+    p.add_argument("--cache-dir", type=nonempty, metavar="DIR", help="decoded-image cache (data/.cache)")
     p.add_argument("--resume", type=nonempty, metavar="CHECKPOINT",
                    help="continue the run saved in models/RUN.pt, with its settings; "
                    f"only {flags(RESUMABLE)} may change (given again), and {flags(MOVABLE)} where they have moved "
                    "(none: a new run)")
     p.add_argument("--stop-after", type=count, metavar="N",
                    help="stop after N epochs of this session, to resume later (none: all epochs)")
-    args = p.parse_args(argv)
-    args.given = [k for k, v in vars(args).items() if v != p.get_default(k)]  # what --resume must not ignore silently
-    return args
+    return vars(p.parse_args(argv))
 
 
-def apply_recipe(args, splits, given):
-    """Fill in the flags left out from the recipe that fits the run (choose_recipe), then, for --pretrained PATH,
-    the model flags of its weights (unless `given`); says which recipe and how to change it."""
-    own, scratch_run = pretrained_flags(args.pretrained) if isinstance(args.pretrained, str) else ({}, False)
-    recipe, why = choose_recipe(args, splits, scratch_run)
-    for key, value in recipe.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if own:  # the weights name their model (a checkpoint of ours) or show it (their shapes)
-        clash = [k for k, v in own.items() if k in given and getattr(args, k) != v]
-        if clash:
-            raise UserError(f"{args.pretrained}: weights for {' '.join(f'{flags([k])} {v}' for k, v in own.items())}, "
-                            f"not {' '.join(f'{flags([k])} {getattr(args, k)}' for k in clash)}; leave out "
-                            f"{flags(clash)}: the model is built from the weights")
-        vars(args).update(own)
+# -----------------------------------------------------------------------------
+# The run's settings (vit.settings), built once, and the model it starts from
+
+
+def run_settings(given):
+    """The run's settings and the files they come from, each opened once: the checkpoint of --resume, the weights of
+    --pretrained, the data's splits -> (settings, checkpoint or None, weights or None, splits; None when a resumed
+    run has finished)."""
+    if "resume" in given:
+        return resumed_run(given)
+    if given.get("freeze") and not given.get("pretrained"):
+        raise UserError("--freeze trains only the head on pretrained features; add --pretrained [PATH]")
+    root = resolve_data(given.get("data"))
+    splits = find_splits(root)
+    pretrained = given.get("pretrained")
+    source = open_weights(pretrained, given.get("model", FINETUNE["model"])) if pretrained else None
+    recipe, why = choose_recipe(given, splits, source)
+    own = source.flags if isinstance(pretrained, str) else {}  # the model the weights are for (their shapes show it)
+    settings = new_settings(recipe, {**given, **folders_of(given, root)}, own, source and source.image_size)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    settings = replace(settings, name=settings.name or f"{settings.model}-{root.resolve().name}-{stamp}")
     log(f"recipe: {why}; a flag given overrides it (python train.py --help)")
+    unused = [k for k in ("mixup", "trivial_augment", "drop_path", "augment") if k in given] if settings.freeze else []
+    if unused:
+        log(f"ignored with --freeze: {flags(unused)} (the frozen backbone sees each image once, unaugmented)")
+    return settings, None, source, splits
 
 
-def train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, device, autocast, desc, own=math.inf):
+def folders_of(given, root=None):
+    """The folders of --data (its folder, resolved: a run resumes from anywhere; `root`, a new run's, downloaded
+    where it is a known name) and --cache-dir, resolved, where given (a new run: always)."""
+    out = {"data": str(Path(root or dataset_folder(given["data"])).resolve())} if root or "data" in given else {}
+    if root or "cache_dir" in given:
+        out["cache_dir"] = str(Path(given.get("cache_dir", CACHE_DIR)).resolve())
+    return out
+
+
+def resumed_run(given):
+    """run_settings for --resume: the run's own settings (vit.settings.resumed_settings), its images checked."""
+    ckpt, saved = open_run(given["resume"])
+    settings, ignored = resumed_settings(saved, {**given, **folders_of(given)}, given["resume"])
+    if ignored:
+        log(f"ignored with --resume: {flags(ignored)} (a resumed run keeps the settings it started with)")
+    if ckpt["epoch"] >= settings.epochs:
+        return settings, ckpt, None, None
+    if not Path(settings.data).is_dir():
+        raise UserError(f"{settings.data}: the run's images are no longer there; if they have moved, resume with "
+                        f"--resume {shlex.quote(given['resume'])} --data NEW_FOLDER")
+    splits = find_splits(settings.data)
+    if list(ckpt["classes"]) != splits.names:
+        raise UserError(f"{settings.data}: classes {splits.names} differ from the checkpoint's {ckpt['classes']}; "
+                        "resume with the data the run was trained on")
+    return settings, ckpt, None, splits
+
+
+def start_model(settings, classes, ckpt, source):
+    """The model the run starts from, one branch per case: --resume, from scratch, pretrained weights (torchvision's
+    ImageNet weights by name or in a file, or a checkpoint of ours: vit.weights.open_weights read them)."""
+    torch.manual_seed(settings.seed)
+    if ckpt is not None:  # the run's own model and weights, as saved
+        return model_from_checkpoint(ckpt)
+    shape = {k: getattr(settings, k) for k in ("image_size", "patch_size", "num_layers", "stem", "drop_path")}
+    try:
+        if source is None:  # random weights, initialised as torchvision's
+            return build_model(settings.model, num_classes=len(classes), classes=classes, **shape)
+        return build_model(settings.model, num_classes=len(classes), classes=classes, pretrained=source, **shape)
+    except ValueError as e:
+        raise UserError(f"--image-size/--patch-size/--num-layers/--stem: {e}") from None
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class Trainer:
+    """What a training step uses: the network (compiled, and under torchrun in DDP), its optimiser, schedule and
+    gradient scaler, the batches' mixing, the device and its precision, and the loss's settings; the test pass runs
+    `tested`, the network outside DDP."""
+    net: torch.nn.Module
+    tested: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    mix: object  # Mixup/CutMix (vit.transforms.mixing), or None
+    device: torch.device
+    autocast: object
+    label_smoothing: float = 0.0
+    clip_grad: float = 0.0
+
+    def objects(self):
+        """The objects whose state a checkpoint saves and --resume restores (vit.checkpoint.OPTIMISATION)."""
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+
+
+def make_trainer(model, settings, steps, device, autocast, scaler):
+    """The Trainer of `model` (the head alone with --freeze) for `steps` batches an epoch."""
+    trained = model.head if settings.freeze else model
+    if settings.freeze:
+        model.requires_grad_(False)
+        trained.requires_grad_(True)
+    fast = torch.compile(trained, mode=settings.compile) if settings.compile else trained
+    optimizer, scheduler = adamw_warmup_cosine(trained, settings.lr, settings.weight_decay,
+                                               round(settings.warmup_epochs * steps), settings.epochs * steps,
+                                               fused=device.type == "cuda")
+    mix = mixing(len(model.classes), p=settings.mixup) if settings.mixup > 0 and not settings.freeze else None
+    return Trainer(data_parallel(fast, device), fast, optimizer, scheduler, scaler, mix, device, autocast,
+                   settings.label_smoothing, settings.clip_grad)
+
+
+def train_epoch(trainer, loader, desc, own=math.inf):
     """One pass over the training data; returns (mean loss, accuracy) over all processes' samples, each counted once:
     a process counts the `own` first of its share (vit.distributed.own_share), the rest being padding."""
-    net.train()
-    totals = torch.zeros(3, device=device)  # summed loss, correct predictions, samples
-    params = [p for p in net.parameters() if p.requires_grad]
+    t = trainer
+    t.net.train()
+    totals = torch.zeros(3, device=t.device)  # summed loss, correct predictions, samples
+    params = [p for p in t.net.parameters() if p.requires_grad]
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not is_master(), dynamic_ncols=True):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        x, target = mix(x, y) if mix else (x, y)
-        with autocast():
-            logits = net(x)
-        loss = F.cross_entropy(logits.float(), target, label_smoothing=args.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if args.clip_grad > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
+        x, target = t.mix(x, y) if t.mix else (x, y)
+        with t.autocast():
+            logits = t.net(x)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=t.label_smoothing)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        if t.clip_grad > 0:
+            t.scaler.unscale_(t.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, t.clip_grad)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.scheduler.step()
         # with Mixup/CutMix, accuracy is measured against the unmixed labels; the repeats that pad a share (at its
         # end) are trained on but not counted, so the figures count each image once
         n = min(len(y), own)
         own -= n
         with torch.no_grad():
             totals[0] += loss * n if n == len(y) else F.cross_entropy(
-                logits[:n].float(), target[:n], label_smoothing=args.label_smoothing, reduction="sum")
+                logits[:n].float(), target[:n], label_smoothing=t.label_smoothing, reduction="sum")
         totals[1] += (logits[:n].argmax(1) == y[:n]).sum()
         totals[2] += n
     loss_sum, correct, count = all_reduce(totals).tolist()
     return loss_sum / count, correct / count
 
 
-def train(args):
-    """Set up data, model and optimiser from args, run the epochs, write checkpoints and results."""
-    # settings: the recipe's, or a resumed run's own; the data's folders and classes; the run's files
-    given = vars(args).pop("given", [])
-    ckpt = load_checkpoint(args.resume) if args.resume else None
-    if ckpt:  # the run's own settings, except the flags that may change between sessions
-        args, ignored = resume_settings(ckpt, args, given, RESUMABLE, MOVABLE)
-        if ignored:
-            log(f"ignored with --resume: {flags(ignored)} (a resumed run keeps the settings it started with)")
-        if ckpt["epoch"] >= args.epochs:
-            log(f"{args.resume}: the run finished all {args.epochs} epochs, nothing to resume; "
-                "for more epochs start a new run (--epochs N --name NEW)")
-            return list(ckpt["metrics"])
-    if args.freeze and not args.pretrained:
-        raise UserError("--freeze trains only the head on pretrained features; add --pretrained [PATH]")
-    root = data.resolve_data(args.data)
-    splits = data.find_splits(root)
-    if ckpt and list(ckpt["classes"]) != splits.classes:
-        raise UserError(f"{root}: classes {splits.classes} differ from the checkpoint's {ckpt['classes']}; "
-                        "resume with the data the run was trained on")
-    if not ckpt:
-        apply_recipe(args, splits, given)
-    args.data, args.cache_dir = str(root.resolve()), str(Path(args.cache_dir).resolve())  # for --resume from anywhere
-    unused = [k for k in ("mixup", "trivial_augment", "drop_path", "augment") if k in given] if args.freeze else []
-    if unused:
-        log(f"ignored with --freeze: {flags(unused)} (the frozen backbone sees each image once, unaugmented)")
-    args.name = args.name or f"{args.model}-{root.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    last, best, results = run_files(args.out_dir, args.name)
-    check_run_files(last, best, args.resume if ckpt else None)
+def check_finite(epoch, losses, last, lr):
+    """Stop a run whose training or test loss is not finite, naming the last good checkpoint."""
+    for split, loss in losses.items():
+        if not math.isfinite(loss):
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+            raise UserError(f"epoch {epoch}: {split} loss is {loss}; the run diverged, lower --lr (was {lr:g}) or "
+                            f"lengthen --warmup-epochs; {kept}")
 
-    # processes and device
-    device, world, rank = init_processes(pick_device(args.device))
-    if args.batch_size % world:
-        raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
+
+def train(given):
+    """The training procedure: settings, processes, model, data, optimiser, then the epochs (run_epochs)."""
+    settings, ckpt, source, splits = run_settings(given)
+    if splits is None:
+        log(f"{given['resume']}: the run finished all {settings.epochs} epochs, nothing to resume; for more epochs "
+            "start a new run (--epochs N --name NEW)")
+        return list(ckpt["metrics"])
+    log(describe(settings))
+    last, best, results = run_files(settings.out_dir, settings.name)
+    check_run_files(last, best, given.get("resume"))
+
+    device, world, rank = init_processes(pick_device(settings.device))
+    if settings.batch_size % world:
+        raise UserError(f"--batch-size {settings.batch_size} is not divisible by the {world} processes")
     trained_in = ckpt.get("world_size", world) if ckpt else world  # older checkpoints do not say: no note
     if trained_in != world:  # each process deals its own share of the data: another number, another order
-        same = resume_cli(trained_in, last)
         log(f"note: the run trained in {trained_in} process{'es' * (trained_in > 1)}, this session in {world}: the "
-            f"data order, and so the results, differ from an uninterrupted run's (the same order: {same})")
-    if args.workers is None:
-        args.workers = 0 if device.type == "cpu" else min(8, os.cpu_count())
-    autocast, scaler = mixed_precision(device, args.precision)
+            f"data order, and so the results, differ from an uninterrupted run's (the same order: "
+            f"{resume_cli(trained_in, last)})")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    autocast, scaler = mixed_precision(device, settings.precision)
 
-    # model
-    torch.manual_seed(args.seed)
-    if ckpt:
-        model = model_from_checkpoint(ckpt)
-    else:
-        overrides = {k: getattr(args, k) for k in SHAPE_FLAGS if getattr(args, k) is not None}
-        try:
-            model = build_model(args.model, num_classes=len(splits.classes), image_size=args.image_size,
-                                pretrained=args.pretrained or False, classes=splits.classes, drop_path=args.drop_path,
-                                **overrides)
-        except ValueError as e:
-            raise UserError(f"--image-size/--patch-size/--num-layers/--stem: {e}") from None
+    model = start_model(settings, splits.names, ckpt, source)
+    del source  # the weights are in the model: not a second copy in memory
     make_folders(last.parent, results)  # after every check of the flags, before the long work: decoding, training
     model.to(device)
-    trained = model.head if args.freeze else model
-    if args.freeze:
-        model.requires_grad_(False)
-        trained.requires_grad_(True)
-
-    # data: decoded once, in threads (shorter side = the eval resize, so eval preprocessing is exact), then augmented
-    # per image in DataLoader workers or per batch on the device (vit/augment.py); --freeze: features, computed once
-    decoded = decode_splits(splits, model.preprocess, args.cache_dir)
-    generator = torch.Generator()  # the training order's random numbers, seeded every epoch (data.seed_epoch)
-    train_loader, test_loader, normalise, sampler = make_loaders(decoded, model, args, generator, device, world, rank,
-                                                                 autocast, workers_given="workers" in given)
-    mix = data.MixupCutmix(len(splits.classes), p=args.mixup) if args.mixup > 0 and not args.freeze else None
-    own = own_share(len(decoded["train"].images), world, rank)  # the training images this process counts
-
-    # optimiser and schedule
-    fast = torch.compile(trained, mode=args.compile) if args.compile else trained
-    net = data_parallel(fast, device)  # under torchrun: DDP, which sums the gradients across processes
-    steps = len(train_loader)
-    optimizer, scheduler = adamw_warmup_cosine(trained, args.lr, args.weight_decay, round(args.warmup_epochs * steps),
-                                               args.epochs * steps, fused=device.type == "cuda")
-    metrics, best_acc, start = restore_training(ckpt, optimizer, scheduler, scaler) if ckpt else ([], -1.0, 0)
-    if args.warmup_epochs > args.epochs:
-        log(f"note: --warmup-epochs {args.warmup_epochs:g} spans the whole run (--epochs {args.epochs}): the learning "
-            f"rate never reaches --lr {args.lr:g}; shorten it (--warmup-epochs) for a short run")
-
-    commit = git_commit()  # once per session, not per checkpoint
+    decoded = decode_splits(splits, model.preprocess, settings.cache_dir)
+    generator = torch.Generator()  # the training order's random numbers, seeded every epoch (seed_epoch)
+    loaders = make_loaders(decoded, model, settings, generator, (device, world, rank), autocast)
+    trainer = make_trainer(model, settings, len(loaders[0]), device, autocast, scaler)
+    progress = restore_training(ckpt, trainer.objects()) if ckpt else ([], -1.0, 0)
+    if settings.warmup_epochs > settings.epochs:
+        log(f"note: --warmup-epochs {settings.warmup_epochs:g} spans the whole run (--epochs {settings.epochs}): the "
+            f"learning rate never reaches --lr {settings.lr:g}; shorten it (--warmup-epochs) for a short run")
     n_params = sum(p.numel() for p in model.parameters())
-    source = f"pretrained {getattr(model, 'weights_from', args.pretrained)}" if args.pretrained else "from scratch"
-    log(f"model: {args.model} {model.image_size}px patch {model.patch_size}, {n_params / 1e6:.2f}M parameters, "
-        f"{source}, training {'the head only' if args.freeze else 'all weights'}")
+    start = f"pretrained {getattr(model, 'weights_from', settings.pretrained)}" if settings.pretrained else "from scratch"
+    log(f"model: {settings.model} {model.image_size}px patch {model.patch_size}, {n_params / 1e6:.2f}M parameters, "
+        f"{start}, training {'the head only' if settings.freeze else 'all weights'}")
     processes = f" x {world} processes" if world > 1 else ""
-    log(f"run: {args.name} on {device}{processes}, epochs {start + 1}..{args.epochs}, writing {last} and {results}/")
+    log(f"run: {settings.name} on {device}{processes}, epochs {progress[2] + 1}..{settings.epochs}, writing {last} "
+        f"and {results}/")
+    own = own_share(len(decoded["train"].images), world, rank)  # the training images this process counts
+    return run_epochs(settings, model, trainer, loaders, progress, own, world, rank, generator)
 
-    end = args.epochs if args.stop_after is None else min(args.epochs, start + args.stop_after)
-    matrix, saved = None, start  # the latest test pass's confusion matrix; the last epoch given to the writer
-    resume_command = resume_cli(world, last)
-    writer = CheckpointWriter()  # writes in the background while the next epoch trains
+
+def run_epochs(settings, model, trainer, loaders, progress, own, world, rank, generator):
+    """Train and test epoch by epoch, saving a checkpoint after each (in the background) and the metrics; Ctrl-C saves
+    the last finished epoch and says how to go on."""
+    train_loader, test_loader, normalise, sampler = loaders
+    metrics, best_acc, start = progress
+    last, best, results = run_files(settings.out_dir, settings.name)
+    end = settings.epochs if settings.stop_after is None else min(settings.epochs, start + settings.stop_after)
+    matrix, saved, commit = None, start, git_commit()  # the latest test pass's confusion matrix; the last epoch saved
+    writer, shared = CheckpointWriter(), trainer.device.type != "cpu"  # shared: whether the busy note was said
     try:
         for epoch in range(start, end):
-            t0 = time.perf_counter()
-            data.seed_epoch(args.seed, epoch, rank, generator, sampler)
-            lr = optimizer.param_groups[0]["lr"]
-            train_loss, train_acc = train_epoch(net, train_loader, optimizer, scheduler, scaler, mix, args, device,
-                                                autocast, desc=f"epoch {epoch + 1}/{args.epochs}", own=own)
+            t0, cpu = time.perf_counter(), CpuShare()
+            seed_epoch(settings.seed, epoch, rank, generator, sampler)
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            train_loss, train_acc = train_epoch(trainer, train_loader, f"epoch {epoch + 1}/{settings.epochs}", own)
             share_buffers(model)
-            test_loss, test_acc, matrix = evaluate(fast, test_loader, normalise, len(splits.classes), device, autocast)
-            for split, loss in (("training", train_loss), ("test", test_loss)):  # test: also the epoch's last steps
-                if not math.isfinite(loss):
-                    writer.close()
-                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
-                    raise UserError(f"epoch {epoch + 1}: {split} loss is {loss}; the run diverged, lower --lr "
-                                    f"(was {args.lr:g}) or lengthen --warmup-epochs; {kept}")
+            test_loss, test_acc, matrix = evaluate(trainer.tested, test_loader, normalise, len(model.classes),
+                                                   trainer.device, trainer.autocast)
+            check_finite(epoch + 1, {"training": train_loss, "test": test_loss}, last, settings.lr)
             metrics.append(dict(epoch=epoch + 1, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                                 test_acc=test_acc, lr=lr, seconds=time.perf_counter() - t0))
-            is_best = test_acc > best_acc
-            best_acc = max(best_acc, test_acc)
-            log(f"epoch {epoch + 1}/{args.epochs} | train loss {train_loss:.4f} acc {train_acc:.4f} | "
+            is_best, best_acc = test_acc > best_acc, max(best_acc, test_acc)
+            log(f"epoch {epoch + 1}/{settings.epochs} | train loss {train_loss:.4f} acc {train_acc:.4f} | "
                 f"test loss {test_loss:.4f} acc {test_acc:.4f}{' (best)' if is_best else ''} | "
                 f"lr {lr:.2e} | {metrics[-1]['seconds']:.1f}s")
+            note = busy_note(cpu.others(), metrics[-1]["seconds"], torch.get_num_threads(), epoch + 1)
+            if note and not shared:
+                log(note)
+                shared = True
             if is_master():
-                ckpt = training_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch + 1, metrics=metrics,
-                                           best_acc=best_acc, args=args, commit=commit, world=world)
+                ckpt = training_checkpoint(model, trainer.objects(), dict(epoch=epoch + 1, metrics=metrics,
+                                           best_acc=best_acc), settings, commit, world)
                 writer.save(ckpt, *([last, best] if is_best else [last]))
                 saved = epoch + 1  # on disk once the writer is closed
                 write_text(results / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     except KeyboardInterrupt:
         writer.close()
-        done = f"epoch {saved} is saved in {last}; continue with: {resume_command}"
+        done = f"epoch {saved} is saved in {last}; continue with: {resume_cli(world, last)}"
         log(f"\ninterrupted: {done if last.exists() else 'no epoch finished, nothing was saved'}")
         raise SystemExit(130)
     finally:  # files once per session (also after an interruption or a divergence), from the epochs so far
         writer.close()
         if is_master() and metrics:
-            plots.plot_run(metrics, matrix, splits.classes, results)
-    if end < args.epochs:
-        log(f"stopped after epoch {end} of {args.epochs}; continue with: {resume_command}")
+            plots.plot_run(metrics, matrix, model.classes, results)
+    if end < settings.epochs:
+        log(f"stopped after epoch {end} of {settings.epochs}; continue with: {resume_cli(world, last)}")
     elif metrics:
         log(f"done: best test accuracy {best_acc:.4f}; checkpoints {last} and {best}, results in {results}/")
     return metrics
@@ -388,9 +450,9 @@ def train(args):
 def main(argv=None):
     """Command-line entry: user errors become one 'error: ...' line and exit status 2."""
     printable_output()
-    args = parse_args(argv)
+    given = parse_args(argv)
     try:
-        return train(args)
+        return train(given)
     except UserError as e:
         if is_master():  # under torchrun every process finds the same mistake: said once
             print(f"error: {e}", file=sys.stderr)

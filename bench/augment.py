@@ -2,9 +2,9 @@
 
     python bench/augment.py [--device cpu|cuda] [--image-size 224] [--batch-size 128] [--workers 0] [--threads N]
 
-(a) per-sample: vit.data.ImageDataset + train_transform through a DataLoader with --workers processes, the
+(a) per-sample: vit.loaders.ImageDataset + train_transform through a DataLoader with --workers processes, the
 batch then moved to --device; (b) batched: vit.augment.DeviceLoader + BatchAugment on --device. Both on the
-same synthetic decoded images (random uint8, shorter side 256, aspect ratios 3:4 to 3:2, as vit.data.decode
+same synthetic decoded images (random uint8, shorter side 256, aspect ratios 3:4 to 3:2, as vit.decoding.decode
 leaves photos). Each repeat times (a), then (b); the table gives the median of the repeats in images/s.
 (b) augments one batch per call: train.py's DeviceLoader augments several small batches in one call, and
 timing batch by batch would then charge the whole call to the first batch and nothing to the others.
@@ -19,7 +19,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import timed  # noqa: E402
 from vit.augment import BatchAugment, DeviceLoader  # noqa: E402
-from vit.data import Decoded, ImageDataset, train_transform  # noqa: E402
+from vit.decoding import Decoded  # noqa: E402
+from vit.loaders import ImageDataset  # noqa: E402
+from vit.transforms import train_transform  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--device", default="cpu")

@@ -1,4 +1,4 @@
-"""How much of its own memory a process holds while vit.data.load_split decodes and caches a split, by cache part size.
+"""How much of its own memory a process holds while vit.cache.load_split decodes and caches a split, by cache part size.
 
     python bench/cache_memory.py SPLIT_DIR [--size 256] [--part-mib 16 256]
 
@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vit import data  # noqa: E402
+import vit.cache  # noqa: E402
+from vit.folders import class_folders  # noqa: E402
 
 
 def resident():
@@ -26,11 +27,11 @@ def resident():
 
 def case(split_dir, size, part_mib):
     """Decode into a fresh cache with parts of part_mib, then touch every image: the growth of both figures."""
-    data.PART_BYTES = part_mib * 2**20
+    vit.cache.PART_BYTES = part_mib * 2**20
     with tempfile.TemporaryDirectory() as cache:
         before = resident()
         preprocess = dict(resize_size=size, interpolation="bilinear")
-        decoded = data.load_split(split_dir, data.class_folders(Path(split_dir)), preprocess, cache_dir=cache)
+        decoded = vit.cache.load_split(split_dir, class_folders(Path(split_dir)), preprocess, cache_dir=cache)
         after_decode = resident()
         for image in decoded.images:  # read every pixel once
             image.max()

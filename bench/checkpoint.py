@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vit import build_model, list_models  # noqa: E402
 import vit.checkpoint  # noqa: E402
-from vit.checkpoint import CheckpointWriter, model_checkpoint, save_checkpoint  # noqa: E402
+from vit.checkpoint import CheckpointWriter, model_checkpoint  # noqa: E402
+from vit.files import save_atomically  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="vit_b_16", choices=list_models())
@@ -40,7 +41,7 @@ size = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(),
 
 
 def by_file_name(obj, path):
-    """save_checkpoint with torch.save given the file name instead of an open file, as an earlier version wrote."""
+    """save_atomically with torch.save given the file name instead of an open file, as an earlier version wrote."""
     vit.checkpoint.replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -55,7 +56,7 @@ def busy_until_written(writer):
     return sum(p for p in pauses if p > 0.005), max(pauses, default=0.0)
 
 
-writers = {"CheckpointWriter": save_checkpoint, "CheckpointWriter, torch.save given the file name": by_file_name}
+writers = {"CheckpointWriter": save_atomically, "CheckpointWriter, torch.save given the file name": by_file_name}
 if args.dir:
     Path(args.dir).mkdir(parents=True, exist_ok=True)
 with tempfile.TemporaryDirectory(dir=args.dir) as folder:
@@ -64,11 +65,11 @@ with tempfile.TemporaryDirectory(dir=args.dir) as folder:
     on_disk, held = {name: [] for name in writers}, {name: [] for name in writers}
     for repeat in range(args.repeats):
         t = time.perf_counter()
-        save_checkpoint(ckpt, last)
-        save_checkpoint(ckpt, best)
+        save_atomically(ckpt, last)
+        save_atomically(ckpt, best)
         blocked["in place"].append(time.perf_counter() - t)
         for name, save in list(writers.items())[::1 if repeat % 2 else -1]:  # in turn first
-            vit.checkpoint.save_checkpoint = save  # what the writer's thread calls
+            vit.checkpoint.save_atomically = save  # what the writer's thread calls
             writer = CheckpointWriter()
             t = time.perf_counter()
             writer.save(ckpt, last, best)
@@ -76,7 +77,7 @@ with tempfile.TemporaryDirectory(dir=args.dir) as folder:
             held[name].append(busy_until_written(writer))
             writer.close()
             on_disk[name].append(time.perf_counter() - t)
-        vit.checkpoint.save_checkpoint = save_checkpoint
+        vit.checkpoint.save_atomically = save_atomically
 
 print(f"# {args.model}: {size / 2**30:.2f} GiB of tensors, {torch.get_num_threads()} threads, median of {args.repeats}")
 print("| checkpoint after a best epoch | loop blocked, s | on disk, s | busy thread held up, s | longest pause, s |")

@@ -1,4 +1,4 @@
-"""How fast vit.data.load_split decodes a split (the one-time decoding before training), by thread count.
+"""How fast vit.cache.load_split decodes a split (the one-time decoding before training), by thread count.
 
     python bench/decode.py SPLIT_DIR [--sizes 73 256] [--threads 1 2] [--repeats 3]
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vit import data  # noqa: E402
+from vit import cache, folders  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("split_dir")
@@ -24,12 +24,12 @@ args = parser.parse_args()
 if not Path(args.split_dir).is_dir():
     parser.error(f"{args.split_dir}: no such folder (a split folder: <class>/<images>)")
 
-classes = data.class_folders(Path(args.split_dir))
+classes = folders.class_folders(Path(args.split_dir))
 times = {(size, threads): [] for size in args.sizes for threads in args.threads}
 for _ in range(args.repeats):
     for size, threads in times:
         start = time.perf_counter()
-        decoded = data.load_split(args.split_dir, classes, dict(resize_size=size, interpolation="bilinear"),
+        decoded = cache.load_split(args.split_dir, classes, dict(resize_size=size, interpolation="bilinear"),
                                   threads=threads)
         times[size, threads].append(time.perf_counter() - start)
 n = len(decoded.images)

@@ -21,7 +21,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import train  # noqa: E402
-from vit import data  # noqa: E402
+from vit import folders  # noqa: E402
 from vit.checkpoint import CheckpointWriter  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__,
@@ -35,13 +35,13 @@ if run.resume:  # its images and name are the checkpoint's, not these flags'
     sys.exit("e2e.py: time a new run, not --resume (the images counted would be the default --data's)")
 if args.alone and not os.path.isfile(args.alone):
     sys.exit(f"e2e.py: {args.alone}: no such file; write it with bench/gpu.py --json")
-splits = data.find_splits(data.resolve_data(run.data))
+splits = folders.find_splits(folders.resolve_data(run.data))
 recipe = argparse.Namespace(**vars(run))  # the flags train.py will run with: its recipe fills the ones left out
 train.apply_recipe(recipe, splits, run.given)
 epochs = recipe.epochs
 if min(epochs, run.stop_after or epochs) < 3:  # said before the run, not after it
     sys.exit("e2e.py: run 3 epochs or more (--epochs, --stop-after): the first warms up, the last is not timed")
-n_train, n_test = (sum(data.is_image(p) for p in data.list_files(d)) for d in (splits.train_dir, splits.test_dir))
+n_train, n_test = (sum(folders.is_image(p) for p in folders.list_files(d)) for d in (splits.train_dir, splits.test_dir))
 
 if args.no_checkpoint:
     CheckpointWriter.save = lambda self, obj, *paths: None

@@ -27,12 +27,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 import vit.augment  # noqa: E402
 from vit import build_model, list_models  # noqa: E402
-from vit.data import Decoded, MixupCutmix  # noqa: E402
+from vit.decoding import Decoded  # noqa: E402
+from vit.transforms import mixing  # noqa: E402
 from vit.device import mixed_precision  # noqa: E402
 from vit.optim import adamw_warmup_cosine  # noqa: E402
 
 ORIGINS = (  # the innermost stack frame whose file path contains one of these names the row
-    ("vit/augment.py", "augmentation (vit/augment.py)"), ("vit/data.py", "Mixup/CutMix (vit/data.py)"),
+    ("vit/augment.py", "augmentation (vit/augment.py)"), ("vit/transforms.py", "Mixup/CutMix (vit/transforms.py)"),
     ("vit/model.py", "model forward (vit/model.py)"), ("torch/autograd/", "backward (autograd)"),
     ("torch/optim/", "optimizer step"), ("torch/nn/utils/clip_grad.py", "gradient clipping"),
     ("train.py", "train.py: loss, zero_grad, totals"))
@@ -80,7 +81,7 @@ loader = vit.augment.DeviceLoader(Decoded(images, [i % 3 for i in range(n)], [""
                                   args.batch_size, device, torch.Generator())
 optimizer, scheduler = adamw_warmup_cosine(model, 3e-4, 0.05, 2, 100, fused=args.fused or device.type == "cuda")
 autocast, scaler = mixed_precision(device, args.precision)
-mix = MixupCutmix(3, p=args.mixup) if args.mixup > 0 else None
+mix = mixing(3, p=args.mixup) if args.mixup > 0 else None
 settings = argparse.Namespace(label_smoothing=0.1, clip_grad=1.0)
 copies, to_device = [0], vit.augment.to_device
 

@@ -9,7 +9,8 @@ from torchvision.transforms.v2 import functional as TF
 import vit.augment
 from vit.augment import (OPS, SPACE, BatchAugment, DeviceImages, DeviceLoader, apply_ops, crop_boxes, magnitudes,
                          padded_bytes, too_large)
-from vit.data import Decoded, train_transform
+from vit.decoding import Decoded
+from vit.transforms import train_transform
 from vit.distributed import own_share
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

@@ -1,6 +1,5 @@
 """Files written atomically, the background checkpoint writer (what it writes is what was saved, and its errors
-are not lost), and the flags --resume names as ignored."""
-import argparse
+are not lost), and the training state a checkpoint keeps for --resume."""
 import io
 import os
 import shlex
@@ -12,11 +11,17 @@ from matplotlib.figure import Figure
 
 from vit import UserError
 import vit.checkpoint
+import vit.files
 from vit.checkpoint import (TRAINING_STATE, CheckpointWriter, check_run_files, cpu_copy, load_checkpoint,
-                            restore_training, resume_settings, resumed_args, save_checkpoint, training_checkpoint)
-from vit.data import DATA_DIR
-from vit.files import replace_atomically, write_text
+                            model_checkpoint, open_run, restore_training, training_checkpoint)
+from vit.files import replace_atomically, save_atomically, write_text
 from vit.plots import save_figure
+from vit.settings import Settings, as_data
+from vit.weights import build_model
+
+SETTINGS = Settings(data="/data", pretrained=None, freeze=False, model="vit_ti_16", image_size=16, patch_size=8,
+                    num_layers=1, stem="patch", epochs=10, batch_size=2, lr=1e-3, weight_decay=0.05, warmup_epochs=2,
+                    label_smoothing=0.1, drop_path=0.0, trivial_augment=0.0, mixup=0.0, clip_grad=1.0, name="run")
 
 
 def test_saved_checkpoints_are_snapshots(tmp_path):
@@ -124,23 +129,10 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_clear_error(tmp_path, monk
         def write(self, data):
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(vit.checkpoint, "open", lambda path, mode: Full(path, mode), raising=False)
+    monkeypatch.setattr(vit.files, "open", lambda path, mode: Full(path, mode), raising=False)
     with pytest.raises(UserError, match=f"^{tmp_path / 'last.pt'}: cannot write \\(No space left on device\\)"):
-        save_checkpoint({"w": torch.zeros(1000)}, tmp_path / "last.pt")
+        save_atomically({"w": torch.zeros(1000)}, tmp_path / "last.pt")
     assert os.listdir(tmp_path) == []
-
-
-def test_resume_names_only_the_flags_that_differ_from_the_run(tmp_path):
-    saved = dict(data=str((DATA_DIR / "pizza_steak_sushi").resolve()), lr=3e-4, epochs=80, device="cpu")
-    ckpt = {"args": saved}
-    for data, lr, ignored in (("pizza_steak_sushi", 3e-4, []),  # the dataset's name means its folder
-                              (str(DATA_DIR / ".." / "data" / "pizza_steak_sushi"), 3e-4, []),  # so does a path to it
-                              (str(tmp_path), 1e-3, ["data", "lr"])):
-        args = argparse.Namespace(data=data, lr=lr, epochs=80, device="cuda", resume=str(tmp_path / "models" / "r.pt"))
-        resumed, names = resumed_args(ckpt, args, keep=("device",), given=["data", "lr", "device", "resume"])
-        assert names == ignored
-        assert (resumed.data, resumed.lr, resumed.device) == (saved["data"], 3e-4, "cuda")
-        assert resumed.out_dir == str(tmp_path.resolve())
 
 
 def test_ctrl_c_while_torch_save_writes_is_a_keyboard_interrupt(tmp_path, monkeypatch):
@@ -155,9 +147,9 @@ def test_ctrl_c_while_torch_save_writes_is_a_keyboard_interrupt(tmp_path, monkey
                 raise KeyboardInterrupt
             return super().write(data)
 
-    monkeypatch.setattr(vit.checkpoint, "open", lambda path, mode: Interrupted(path, mode), raising=False)
+    monkeypatch.setattr(vit.files, "open", lambda path, mode: Interrupted(path, mode), raising=False)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint({"w": torch.zeros(10_000)}, tmp_path / "cache.pt")
+        save_atomically({"w": torch.zeros(10_000)}, tmp_path / "cache.pt")
     assert os.listdir(tmp_path) == []
 
 
@@ -165,8 +157,8 @@ def test_ctrl_c_while_copying_keeps_the_checkpoint_still_waiting(tmp_path, monke
     """While the disk lags, a newer save replaces a copy still waiting; Ctrl-C during the newer one's copy left
     neither, so the file on disk was older than the epoch train.py said it had saved."""
     import threading
-    release, real_save = threading.Event(), vit.checkpoint.save_checkpoint
-    monkeypatch.setattr(vit.checkpoint, "save_checkpoint", lambda obj, path: release.wait() and real_save(obj, path))
+    release, real_save = threading.Event(), vit.checkpoint.save_atomically
+    monkeypatch.setattr(vit.checkpoint, "save_atomically", lambda obj, path: release.wait() and real_save(obj, path))
     writer = CheckpointWriter()
     writer.save({"epoch": 1}, tmp_path / "last.pt")  # being written (held back by the event)
     writer.save({"epoch": 2}, tmp_path / "last.pt")  # waiting for the writer
@@ -185,8 +177,8 @@ def test_ctrl_c_while_copying_keeps_the_checkpoint_still_waiting(tmp_path, monke
 def test_resuming_restores_the_optimiser_schedule_and_gradient_scaler(tmp_path):
     """What --resume needs to go on as if never stopped: the fp16 gradient scaler's scale too (CUDA without bf16;
     its CPU kind here)."""
-    from vit.model import build_model
     from vit.optim import adamw_warmup_cosine
+    from vit.weights import build_model
     model = build_model("vit_ti_16", num_classes=2, image_size=16, patch_size=8, num_layers=1)
     optimizer, scheduler = adamw_warmup_cosine(model, 1e-3, 0.05, warmup=2, total=10)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
@@ -195,13 +187,15 @@ def test_resuming_restores_the_optimiser_schedule_and_gradient_scaler(tmp_path):
         optimizer.step()
         scheduler.step()
     scaler.update(new_scale=256.0)
-    save_checkpoint(training_checkpoint(model, optimizer, scheduler, scaler, epoch=3, metrics=[{"epoch": 3}],
-                                        best_acc=0.5, args=argparse.Namespace(lr=1e-3), commit=None),
-                    tmp_path / "run.pt")
+    objects = dict(optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    save_atomically(training_checkpoint(model, objects, dict(epoch=3, metrics=[{"epoch": 3}], best_acc=0.5),
+                                        SETTINGS, commit=None), tmp_path / "run.pt")
     fresh_optimizer, fresh_scheduler = adamw_warmup_cosine(model, 1e-3, 0.05, warmup=2, total=10)
     fresh_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     ckpt = torch.load(tmp_path / "run.pt", weights_only=True)
-    assert restore_training(ckpt, fresh_optimizer, fresh_scheduler, fresh_scaler) == ([{"epoch": 3}], 0.5, 3)
+    fresh = dict(optimizer=fresh_optimizer, scheduler=fresh_scheduler, scaler=fresh_scaler)
+    assert restore_training(ckpt, fresh) == ([{"epoch": 3}], 0.5, 3)
+    assert Settings(**ckpt["settings"]) == SETTINGS  # plain data in the file, the same settings back
     assert fresh_scheduler.last_epoch == 3 and fresh_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
     assert fresh_optimizer.state_dict()["state"][0]["step"] == 3 and fresh_scaler.get_scale() == 256.0
 
@@ -227,21 +221,21 @@ def test_run_file_refusals_suggest_flags_a_shell_reads_back(tmp_path):
 
 
 def test_resume_and_load_refusals_suggest_flags_a_shell_reads_back(tmp_path):
-    """resume_settings' and load_checkpoint's suggested --pretrained / --resume, pasted into a shell, name the file
-    where its path holds a space; a checkpoint missing part of a run's training state is refused naming that part."""
+    """open_run's and load_checkpoint's suggested --pretrained / --resume, pasted into a shell, name the file where
+    its path holds a space; a checkpoint missing part of a run's training state is refused naming that part."""
     path = tmp_path / "my runs" / "models" / "run.pt"
     path.parent.mkdir(parents=True)
-    args = argparse.Namespace(resume=str(path))
-    run = {**dict.fromkeys(TRAINING_STATE, 0), "args": {"data": str(tmp_path / "gone")}}
-    for ckpt, missing in (({}, ", ".join(TRAINING_STATE)), ({k: v for k, v in run.items() if k != "scheduler"},
-                                                            "scheduler")):
+    model = model_checkpoint(build_model("vit_ti_16", num_classes=2, image_size=16, patch_size=8, num_layers=1))
+    run = {**model, **dict.fromkeys(TRAINING_STATE, 0), "settings": as_data(SETTINGS)}
+    for ckpt, missing in ((model, ", ".join(TRAINING_STATE) + ", settings"),
+                          ({k: v for k, v in run.items() if k != "scheduler"}, "scheduler")):
+        save_atomically(ckpt, path)
         with pytest.raises(UserError) as e:
-            resume_settings(ckpt, args, (), (), ())
+            open_run(path)
         assert f"training state that --resume continues ({missing} missing)" in str(e.value), str(e.value)
         assert shlex.split(str(e.value).split(" --pretrained ")[1]) == [str(path)], str(e.value)
-    with pytest.raises(UserError) as e:  # a whole run whose images are gone: resume it with --data
-        resume_settings(run, args, (), (), ())
-    assert shlex.split(str(e.value).split(" --resume ")[1]) == [str(path), "--data", "NEW_FOLDER"], str(e.value)
+    save_atomically(run, path)
+    assert open_run(path)[1] == SETTINGS
     torch.save({"weight": torch.zeros(1)}, path)  # plain weights, not a checkpoint
     with pytest.raises(UserError) as e:
         load_checkpoint(path)

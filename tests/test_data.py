@@ -1,4 +1,5 @@
-"""Tests for vit/data.py: folder checks, decoding, cache, transforms, Mixup/CutMix, download."""
+"""Tests for the data modules (vit/folders.py, decoding.py, cache.py, transforms.py, loaders.py): folder checks,
+decoding, cache, transforms, Mixup/CutMix, download."""
 import functools
 import io
 import os
@@ -17,7 +18,13 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-import vit.data as data
+from vit.cache import load_split
+from vit.decoding import Decoded, decode, open_rgb
+from vit.folders import DATASETS, download, find_splits, list_files, resolve_data
+from vit.loaders import ImageDataset, SeededOrder, eval_images, seed_epoch
+from vit.transforms import eval_normalise, eval_transform, mixing, train_transform
+import vit.cache
+import vit.decoding
 import vit.weights
 from vit.errors import UserError
 
@@ -49,7 +56,7 @@ def make_tree(root, classes=("cat", "dog"), per_class=2, test="test"):
 # ---- find_splits -----------------------------------------------------------------------------------------------------
 
 def test_find_splits_valid_tree_and_val_alias(tmp_path):
-    splits = data.find_splits(make_tree(tmp_path / "ds", classes=("b", "a", "C"), test="val"))
+    splits = find_splits(make_tree(tmp_path / "ds", classes=("b", "a", "C"), test="val"))
     assert splits.classes == ["C", "a", "b"]  # sorted like ImageFolder
     assert splits.train_dir == tmp_path / "ds" / "train" and splits.test_dir == tmp_path / "ds" / "val"
 
@@ -60,7 +67,7 @@ def test_find_splits_takes_capitalised_splits_and_names_loose_images(tmp_path, c
     os.rename(tmp_path / "test", tmp_path / "TEST")
     write_image(tmp_path / "Train" / "stray.png")
     write_image(tmp_path / "Train" / "stray2.png")
-    splits = data.find_splits(tmp_path)
+    splits = find_splits(tmp_path)
     assert (splits.train_dir, splits.test_dir, splits.classes) == (tmp_path / "Train", tmp_path / "TEST", ["a", "b"])
     assert capsys.readouterr().err == (f"warning: {tmp_path / 'Train'}: 2 image(s) outside the class folders are not "
                                        "used (stray.png, ...); move them into their class's folder\n")
@@ -68,36 +75,36 @@ def test_find_splits_takes_capitalised_splits_and_names_loose_images(tmp_path, c
 
 def test_find_splits_missing_root(tmp_path):
     with pytest.raises(UserError, match=r"nope: no such folder"):
-        data.find_splits(tmp_path / "nope")
+        find_splits(tmp_path / "nope")
 
 
 def test_find_splits_root_is_file(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(UserError, match=r"file\.txt: not a folder"):
-        data.find_splits(tmp_path / "file.txt")
+        find_splits(tmp_path / "file.txt")
 
 
 def test_find_splits_missing_train(tmp_path):
     (tmp_path / "test" / "a").mkdir(parents=True)
     with pytest.raises(UserError, match=r"train: missing"):
-        data.find_splits(tmp_path)
+        find_splits(tmp_path)
 
 
 def test_find_splits_says_how_to_fix_a_folder_without_train_and_test(tmp_path):
     for name in ("cat", "dog", "fox", "owl"):
         write_image(tmp_path / name / "0.png")
     with pytest.raises(UserError) as e:
-        data.find_splits(tmp_path)
+        find_splits(tmp_path)
     assert str(e.value) == (f"{tmp_path}: class folders (cat, dog, fox, ...) but no train/ and test/; move about a "
                             f"fifth of each class's images to {tmp_path / 'test' / '<class>'} and the rest to "
                             f"{tmp_path / 'train' / '<class>'}")
     make_tree(tmp_path / "ds")
     with pytest.raises(UserError, match=r"train: one split of a dataset, not its root; pass the folder above it"):
-        data.find_splits(tmp_path / "ds" / "train")  # a split passed as --data
+        find_splits(tmp_path / "ds" / "train")  # a split passed as --data
     for name in ("cat", "dog"):  # the images a folder deeper: the same hint
         write_image(tmp_path / "nested" / name / "2019" / "0.png")
     with pytest.raises(UserError, match=r"nested: class folders \(cat, dog\) but no train/ and test/; move about"):
-        data.find_splits(tmp_path / "nested")
+        find_splits(tmp_path / "nested")
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
@@ -107,7 +114,7 @@ def test_images_in_linked_folders_count_as_imagefolder_counts_them(tmp_path):
     write_image(tmp_path / "train" / "a" / "own.png")
     write_image(tmp_path / "train" / "b" / "own.png")
     os.symlink(tmp_path / "elsewhere", tmp_path / "train" / "a" / "more")  # a linked sub-folder of a class
-    decoded = data.load_split(tmp_path / "train", ["a", "b"], resized(8))
+    decoded = load_split(tmp_path / "train", ["a", "b"], resized(8))
     folder = torchvision.datasets.ImageFolder(tmp_path / "train")
     assert decoded.labels == [0, 0, 0, 0, 1] and len(folder) == 5
 
@@ -117,7 +124,7 @@ def test_a_link_back_up_the_tree_is_not_followed_round_and_round(tmp_path):
     write_image(tmp_path / "train" / "a" / "own.png")
     write_image(tmp_path / "train" / "b" / "own.png")
     os.symlink(tmp_path / "train", tmp_path / "train" / "a" / "up")  # a loop: every image under train/, b's too
-    decoded = data.load_split(tmp_path / "train", ["a", "b"], resized(8))
+    decoded = load_split(tmp_path / "train", ["a", "b"], resized(8))
     assert decoded.labels == [0, 1] and [Path(p).name for p in decoded.paths] == ["own.png", "own.png"]
 
 
@@ -127,8 +134,8 @@ def test_two_links_that_lead_to_each_other_are_followed_once(tmp_path):
         write_image(tmp_path / name / "own.png")
     os.symlink(tmp_path / "b", tmp_path / "a" / "b")
     os.symlink(tmp_path / "a", tmp_path / "b" / "a")
-    assert data.list_files(tmp_path / "a") == [tmp_path / "a" / "b" / "own.png", tmp_path / "a" / "own.png"]
-    assert data.list_files(tmp_path) == [tmp_path / name for name in ("a/b/own.png", "a/own.png", "b/a/own.png",
+    assert list_files(tmp_path / "a") == [tmp_path / "a" / "b" / "own.png", tmp_path / "a" / "own.png"]
+    assert list_files(tmp_path) == [tmp_path / name for name in ("a/b/own.png", "a/own.png", "b/a/own.png",
                                                                      "b/own.png")]
 
 
@@ -145,15 +152,15 @@ def test_links_up_from_the_listed_folder_or_a_linked_one_are_not_followed(tmp_pa
     os.symlink(tmp_path / "elsewhere" / "x" / "y", tmp_path / "train" / "a" / "y")
     os.symlink(tmp_path / "elsewhere" / "x", tmp_path / "elsewhere" / "x" / "y" / "up")
     expected = [Path("train/a/own.png"), Path("train/a/y/linked.png")]
-    assert data.list_files(tmp_path / "train" / "a") == [tmp_path / p for p in expected]
+    assert list_files(tmp_path / "train" / "a") == [tmp_path / p for p in expected]
     monkeypatch.chdir(tmp_path)
-    assert data.list_files(Path("train/a")) == expected
+    assert list_files(Path("train/a")) == expected
 
 
 def test_find_splits_missing_test(tmp_path):
     write_image(tmp_path / "train" / "a" / "0.png")
     with pytest.raises(UserError, match=r"test: missing \(val/ is accepted too\)"):
-        data.find_splits(tmp_path)
+        find_splits(tmp_path)
 
 
 def test_find_splits_class_mismatch_names_both_sides(tmp_path):
@@ -161,12 +168,12 @@ def test_find_splits_class_mismatch_names_both_sides(tmp_path):
     write_image(tmp_path / "train" / "only_train" / "0.png")
     write_image(tmp_path / "test" / "only_test" / "0.png")
     with pytest.raises(UserError, match=r"missing in test/: only_train; missing in train/: only_test"):
-        data.find_splits(tmp_path)
+        find_splits(tmp_path)
     for split, name in (("train", "caf\u00e9"), ("test", "cafe\u0301"), ("train", "steak ")):  # invisible differences
         write_image(tmp_path / split / name / "0.png")
     with pytest.raises(UserError, match=re.escape("(missing in test/: 'caf\\xe9', only_train, 'steak '; missing in "
                                                   "train/: 'cafe\\u0301', only_test)")):
-        data.find_splits(tmp_path)
+        find_splits(tmp_path)
 
 
 def test_find_splits_empty_class_folder(tmp_path):
@@ -175,22 +182,22 @@ def test_find_splits_empty_class_folder(tmp_path):
     (tmp_path / "train" / "c").mkdir()
     (tmp_path / "train" / "c" / "notes.txt").write_text("not an image")
     with pytest.raises(UserError, match=r"train[/\\]c: no images"):
-        data.find_splits(tmp_path)
+        find_splits(tmp_path)
     with pytest.raises(UserError, match=r"train[/\\]c: no images \(.*\); add images or remove the class folder$"):
-        data.load_split(tmp_path / "train", ["a", "b", "c"], resized(8))  # as predict.py --evaluate gives it classes
+        load_split(tmp_path / "train", ["a", "b", "c"], resized(8))  # as predict.py --evaluate gives it classes
 
 
 def test_find_splits_no_class_folders(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "test").mkdir()
     with pytest.raises(UserError, match=r"train: no class folders, so no images"):
-        data.find_splits(tmp_path)
+        find_splits(tmp_path)
 
 
 def test_find_splits_one_class_is_refused(tmp_path):
     make_tree(tmp_path, classes=("a",))
     with pytest.raises(UserError, match=r"train: one class folder \(a\); a classifier needs at least two"):
-        data.find_splits(tmp_path)
+        find_splits(tmp_path)
 
 
 # ---- open_rgb / load_split -------------------------------------------------------------------------------------------
@@ -207,7 +214,7 @@ def test_load_split_skips_non_images_and_corrupt_images(tmp_path):
     (tmp_path / "train" / "b" / "truncated.png").write_bytes(good.getvalue()[:2000])
     (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
     os.replace(tmp_path / "gone.png", tmp_path / "train" / "b" / "gone.png")  # a link to a file that is gone
-    decoded = data.load_split(tmp_path / "train", ["a", "b"], resized(8))
+    decoded = load_split(tmp_path / "train", ["a", "b"], resized(8))
     assert decoded.non_images == "skipped 4 non-image file(s): hidden 2, .jfif 1, .txt 1"
     assert len(decoded.images) == len(decoded.labels) == len(decoded.paths) == 4
     assert sorted(Path(p).name for p, _ in decoded.skipped) == ["garbage.jpg", "gone.png", "truncated.png"]
@@ -225,8 +232,8 @@ def test_load_split_in_threads_equals_one_by_one(tmp_path):
             pixels = torch.randint(0, 256, (12 + i, 9 + 2 * i, 3), generator=g, dtype=torch.uint8)
             Image.fromarray(pixels.numpy()).save(tmp_path / "train" / c / f"{i}.png")
     (tmp_path / "train" / "b" / "2_garbage.jpg").write_bytes(b"not a jpeg")
-    one = data.load_split(tmp_path / "train", ["a", "b"], resized(8), threads=1)
-    four = data.load_split(tmp_path / "train", ["a", "b"], resized(8), threads=4)
+    one = load_split(tmp_path / "train", ["a", "b"], resized(8), threads=1)
+    four = load_split(tmp_path / "train", ["a", "b"], resized(8), threads=4)
     assert len(one.images) == 10 and all(torch.equal(x, y) for x, y in zip(one.images, four.images))
     assert (one.labels, one.paths, one.skipped) == (four.labels, four.paths, four.skipped)
     assert [Path(p).name for p, _ in four.skipped] == ["2_garbage.jpg"]
@@ -236,16 +243,16 @@ def test_open_rgb_names_corrupt_and_missing_files(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     with pytest.raises(UserError, match=r"bad\.png: cannot read image"):
-        data.open_rgb(bad)
+        open_rgb(bad)
     with pytest.raises(UserError, match=r"missing\.jpg: no such file"):
-        data.open_rgb(tmp_path / "missing.jpg")
+        open_rgb(tmp_path / "missing.jpg")
 
 
 def test_class_with_only_corrupt_images_is_an_error(tmp_path):
     make_tree(tmp_path, classes=("a", "b"), per_class=1)
     (tmp_path / "train" / "b" / "0.png").write_bytes(b"junk")
     with pytest.raises(UserError, match=r"train[/\\]b: none of its images could be decoded"):
-        data.load_split(tmp_path / "train", ["a", "b"], resized(8))
+        load_split(tmp_path / "train", ["a", "b"], resized(8))
 
 
 @pytest.mark.parametrize("name,mode,color,expected", [
@@ -259,7 +266,7 @@ def test_class_with_only_corrupt_images_is_an_error(tmp_path):
     ("levels.tif", "F", 200.0, (200, 200, 200)),  # floats of 0-255 as they are
 ])
 def test_open_rgb_converts_modes(tmp_path, name, mode, color, expected):
-    image = data.open_rgb(write_image(tmp_path / name, mode=mode, color=color))
+    image = open_rgb(write_image(tmp_path / name, mode=mode, color=color))
     assert image.mode == "RGB" and image.size == (8, 6)
     assert all(abs(a - b) <= 3 for a, b in zip(image.getpixel((4, 3)), expected))
 
@@ -269,7 +276,7 @@ def test_open_rgb_palette_with_transparency(tmp_path):
     image.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
     image.putpixel((0, 0), 0)
     image.save(tmp_path / "pal.png", transparency=0)
-    rgb = data.open_rgb(tmp_path / "pal.png")
+    rgb = open_rgb(tmp_path / "pal.png")
     assert rgb.mode == "RGB"
     assert rgb.getpixel((0, 0)) == (255, 255, 255) and rgb.getpixel((1, 1)) == (10, 200, 30)
 
@@ -279,9 +286,9 @@ def test_decompression_bomb_refused_and_one_below_it_named(tmp_path, monkeypatch
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(UserError, match=r"big\.png: refused as a possible decompression bomb \(Image size "
                                          r"\(4096 pixels\) exceeds limit of 200 pixels, .*\); if you trust the file"):
-        data.open_rgb(path)
-    code = ("from PIL import Image; import vit.data; Image.MAX_IMAGE_PIXELS = 3000; "  # between once and twice: decoded
-            f"print(vit.data.open_rgb({str(path)!r}).size)")
+        open_rgb(path)
+    code = ("from PIL import Image; import vit.decoding; Image.MAX_IMAGE_PIXELS = 3000; "  # between once and twice: decoded
+            f"print(vit.decoding.open_rgb({str(path)!r}).size)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout == "(64, 64)\n"  # and only our line, not Pillow's warning, which names no file
     assert result.stderr == (f"warning: {path}: 64 x 64 px, over Pillow's limit of 3000 pixels for images it trusts; "
@@ -291,7 +298,7 @@ def test_decompression_bomb_refused_and_one_below_it_named(tmp_path, monkeypatch
 def test_load_split_resizes_shorter_side_keeping_aspect(tmp_path):
     write_image(tmp_path / "a" / "wide.png", size=(40, 20))
     write_image(tmp_path / "a" / "tall.png", size=(10, 30))
-    decoded = data.load_split(tmp_path, ["a"], resized(10))
+    decoded = load_split(tmp_path, ["a"], resized(10))
     shapes = {Path(p).name: tuple(t.shape) for p, t in zip(decoded.paths, decoded.images)}
     assert shapes == {"wide.png": (3, 10, 20), "tall.png": (3, 30, 10)}
     assert all(t.dtype == torch.uint8 for t in decoded.images)
@@ -301,18 +308,18 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=2)
     split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
     Image.new("RGB", (8, 6), (200, 30, 30)).save(split / "a" / "0.png", format="BMP")  # its size never changes
-    first = data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
+    first = load_split(split, ["a", "b"], resized(8), cache_dir=cache)
     assert len(list(cache.glob("*.pt"))) == 2  # the index and one part of images
 
     def no_decode(path, size):
         raise AssertionError("decoded although the cache is valid")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "decode", no_decode)
-        second = data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
+        m.setattr(vit.decoding, "decode", no_decode)
+        second = load_split(split, ["a", "b"], resized(8), cache_dir=cache)
     assert second.labels == first.labels and second.paths == first.paths and second.cached and not first.cached
     assert all(torch.equal(x, y) for x, y in zip(first.images, second.images))
-    moved = data.load_split(tmp_path / "ds" / ".." / "ds" / "train", ["a", "b"], resized(8), cache_dir=cache)
+    moved = load_split(tmp_path / "ds" / ".." / "ds" / "train", ["a", "b"], resized(8), cache_dir=cache)
     assert moved.cached and moved.paths == [str(tmp_path / "ds" / ".." / "ds" / "train" / p) for p in
                                             ("a/0.png", "a/1.png", "b/0.png", "b/1.png")]  # as this call names them
 
@@ -323,7 +330,7 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     os.replace(tmp_path / "new.png", changed)
     assert changed.stat().st_size == before.st_size and changed.stat().st_mtime_ns == before.st_mtime_ns
     earlier = set(cache.glob("*.pt"))  # the index and part of the first contents, used a moment ago
-    third = data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
+    third = load_split(split, ["a", "b"], resized(8), cache_dir=cache)
     assert third.images[0][:, 0, 0].tolist() == [0, 255, 0] and not third.cached
     assert earlier < set(cache.glob("*.pt"))  # kept: a run may still use it (its spawned workers map its files)
     hexes = "ab12" * 5, "cd34" * 5  # indexes and parts of other CACHE_VERSIONs, of any folder: never read again
@@ -334,7 +341,7 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
         path.touch()
         os.utime(path, (time.time() - 2 * 86_400,) * 2)
     write_image(split / "b" / "new.png")
-    data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
+    load_split(split, ["a", "b"], resized(8), cache_dir=cache)
     assert len(set(cache.glob("*.pt"))) == 5 and not (earlier | old_format) & set(cache.glob("*.pt"))
     assert other.exists()
 
@@ -343,10 +350,10 @@ def test_a_cache_is_per_image_size(tmp_path):
     """train.py decodes to its --image-size's resize: a run at another size must not read images of the first."""
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=1)
     split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
-    small = data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
-    large = data.load_split(split, ["a", "b"], resized(16), cache_dir=cache)
+    small = load_split(split, ["a", "b"], resized(8), cache_dir=cache)
+    large = load_split(split, ["a", "b"], resized(16), cache_dir=cache)
     assert not large.cached and [min(im.shape[1:]) for im in small.images + large.images] == [8, 8, 16, 16]
-    assert data.load_split(split, ["a", "b"], resized(8), cache_dir=cache).cached  # each size's cache stays
+    assert load_split(split, ["a", "b"], resized(8), cache_dir=cache).cached  # each size's cache stays
 
 
 def mapped_files():
@@ -360,9 +367,9 @@ def test_cached_images_are_memory_mapped_in_parts(tmp_path, monkeypatch):
     """A folder larger than memory trains: decoding holds one part at a time, the images are mapped from the disk."""
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=3)
     split, cache = tmp_path / "ds" / "train", tmp_path / "cache"
-    plain = data.load_split(split, ["a", "b"], resized(8))
-    monkeypatch.setattr(data, "PART_BYTES", 2 * 3 * 8 * 8 * 4 // 3)  # two images per part
-    decoded = [data.load_split(split, ["a", "b"], resized(8), cache_dir=cache) for _ in range(2)]  # decoded, then read
+    plain = load_split(split, ["a", "b"], resized(8))
+    monkeypatch.setattr(vit.cache, "PART_BYTES", 2 * 3 * 8 * 8 * 4 // 3)  # two images per part
+    decoded = [load_split(split, ["a", "b"], resized(8), cache_dir=cache) for _ in range(2)]  # decoded, then read
     parts = sorted(str(p) for p in cache.glob("v*-*-*-*.pt"))
     assert len(parts) == 3 and set(parts) <= mapped_files()
     for d in decoded:
@@ -370,7 +377,7 @@ def test_cached_images_are_memory_mapped_in_parts(tmp_path, monkeypatch):
         assert all(torch.equal(x, y) for x, y in zip(d.images, plain.images))
 
     os.remove(parts[1])  # a part lost: the cache is decoded again, not read short
-    again = data.load_split(split, ["a", "b"], resized(8), cache_dir=cache)
+    again = load_split(split, ["a", "b"], resized(8), cache_dir=cache)
     assert len(again.images) == 6 and Path(parts[1]).exists()
 
 
@@ -378,10 +385,10 @@ def test_seeded_order_seeds_each_image_not_each_place():
     """Under torchrun the ranks seed their generators alike: seeds by place would augment rank 0's k-th image
     exactly as rank 1's."""
     shares = [[4, 7, 1], [0, 3, 5]]  # two ranks' shares of 8 images, as DistributedSampler deals them
-    drawn = [list(data.SeededOrder(share, torch.Generator().manual_seed(0), 8)) for share in shares]
+    drawn = [list(SeededOrder(share, torch.Generator().manual_seed(0), 8)) for share in shares]
     seeds = {i: seed for pairs in drawn for seed, i in pairs}
     assert len(set(seeds.values())) == 6  # an own seed for every image
-    again = list(data.SeededOrder([1, 4], torch.Generator().manual_seed(0), 8))
+    again = list(SeededOrder([1, 4], torch.Generator().manual_seed(0), 8))
     assert again == [(seeds[1], 1), (seeds[4], 4)]  # whichever rank or place it has
 
 
@@ -393,7 +400,7 @@ def test_each_epoch_is_seeded_from_seed_and_epoch_alone():
     def epoch_draws(epoch, rank, generator=None):
         generator = generator or torch.Generator()
         sampler = DistributedSampler(range(12), num_replicas=2, rank=rank, seed=3)
-        data.seed_epoch(3, epoch, rank, generator, sampler)
+        seed_epoch(3, epoch, rank, generator, sampler)
         return list(sampler), torch.randint(10**9, (2,), generator=generator).tolist(), torch.rand(2).tolist()
 
     first = epoch_draws(1, rank=0)
@@ -411,20 +418,20 @@ def test_a_cached_dataset_goes_to_a_spawned_worker_as_file_names(tmp_path):
     import pickle
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=3)
     for cache in (tmp_path / "cache", tmp_path / "cache"):  # decoded and cached, then read from the cache
-        decoded = data.load_split(tmp_path / "ds" / "train", ["a", "b"], resized(64), cache_dir=cache)
-        dataset = data.ImageDataset(decoded, torch.clone)
+        decoded = load_split(tmp_path / "ds" / "train", ["a", "b"], resized(64), cache_dir=cache)
+        dataset = ImageDataset(decoded, torch.clone)
         sent = pickle.dumps(dataset)
         assert len(sent) < 2000 < sum(image.nbytes for image in decoded.images)  # 6 images of 64 x 64
         received = pickle.loads(sent)
         assert all(torch.equal(received[i][0], dataset[i][0]) for i in range(len(dataset)))
-    uncached = data.ImageDataset(data.load_split(tmp_path / "ds" / "train", ["a", "b"], resized(64)), torch.clone)
+    uncached = ImageDataset(load_split(tmp_path / "ds" / "train", ["a", "b"], resized(64)), torch.clone)
     assert len(pickle.dumps(uncached)) > sum(image.nbytes for image in uncached.decoded.images)  # the images
 
 
 def test_a_cache_that_cannot_be_written_warns_and_decodes(tmp_path, capsys):
     make_tree(tmp_path / "ds", classes=("a", "b"), per_class=2)
     (tmp_path / "cache").write_text("a file, not a folder")
-    decoded = data.load_split(tmp_path / "ds" / "train", ["a", "b"], resized(8), cache_dir=tmp_path / "cache")
+    decoded = load_split(tmp_path / "ds" / "train", ["a", "b"], resized(8), cache_dir=tmp_path / "cache")
     assert len(decoded.images) == 4
     err = capsys.readouterr().err
     assert re.match(f"warning: {tmp_path / 'cache'}/[\\w-]+\\.pt: cannot write .*decoded again", err)
@@ -432,10 +439,10 @@ def test_a_cache_that_cannot_be_written_warns_and_decodes(tmp_path, capsys):
 
 def test_more_images_than_memory_warns_before_decoding(tmp_path, capsys, monkeypatch):
     make_tree(tmp_path, classes=("a", "b"), per_class=2)
-    data.load_split(tmp_path / "train", ["a", "b"], resized(8))
+    load_split(tmp_path / "train", ["a", "b"], resized(8))
     assert capsys.readouterr().err == ""  # 4 images of 8 px fit
-    monkeypatch.setattr(data, "physical_memory", lambda: 1024)  # 4 images of 3 x 8 x 8 x 4/3 bytes need all 1 KiB
-    decoded = data.load_split(tmp_path / "train", ["a", "b"], resized(8))
+    monkeypatch.setattr(vit.cache, "physical_memory", lambda: 1024)  # 4 images of 3 x 8 x 8 x 4/3 bytes need all 1 KiB
+    decoded = load_split(tmp_path / "train", ["a", "b"], resized(8))
     assert len(decoded.images) == 4  # a warning, not an error: the estimate assumes 4:3 photos
     assert capsys.readouterr().err == (f"warning: {tmp_path / 'train'}: 4 images take about 0.0 GiB once decoded, all "
                                        "kept in memory (this machine has 0.0 GiB); if the run is killed, use fewer "
@@ -444,8 +451,8 @@ def test_more_images_than_memory_warns_before_decoding(tmp_path, capsys, monkeyp
 
 def test_image_dataset(tmp_path):
     make_tree(tmp_path, classes=("a", "b"), per_class=2)
-    decoded = data.load_split(tmp_path / "train", ["a", "b"], resized(8))
-    dataset = data.ImageDataset(decoded, lambda x: x.float() / 255)
+    decoded = load_split(tmp_path / "train", ["a", "b"], resized(8))
+    dataset = ImageDataset(decoded, lambda x: x.float() / 255)
     assert len(dataset) == 4
     x, y = dataset[3]
     assert y == 1 and x.dtype == torch.float32 and torch.allclose(x, decoded.images[3].float() / 255)
@@ -458,7 +465,7 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 def test_train_transform_shape_and_dtype():
     torch.manual_seed(0)
-    transform = data.train_transform(16, MEAN, STD)
+    transform = train_transform(16, MEAN, STD)
     image = torch.randint(0, 256, (3, 20, 27), dtype=torch.uint8)
     outputs = [transform(image) for _ in range(4)]
     assert all(type(x) is torch.Tensor and x.shape == (3, 16, 16) and x.dtype == torch.float32 for x in outputs)
@@ -481,12 +488,12 @@ def test_decoded_eval_crop_equals_the_pretrained_weights_own_transforms(tmp_path
     path = tmp_path / "photo.png"
     Image.fromarray(pixels.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()).save(path)
     resize = preprocess["resize_size"]
-    decoded = data.decode(path, preprocess)
+    decoded = decode(path, preprocess)
     long = int(resize * max(size) / min(size))
     assert tuple(decoded.shape[1:]) == ((long, resize) if size[1] > size[0] else (resize, long))
     with Image.open(path) as image:
         expected = weights.transforms()(image.convert("RGB"))
-    assert (data.eval_transform(preprocess)(decoded) - expected).abs().max() < 1e-5  # Normalize's order: 1 ulp
+    assert (eval_transform(preprocess)(decoded) - expected).abs().max() < 1e-5  # Normalize's order: 1 ulp
 
 
 def test_split_decoded_and_cached_with_the_preprocessings_resampling(tmp_path):
@@ -500,14 +507,14 @@ def test_split_decoded_and_cached_with_the_preprocessings_resampling(tmp_path):
         pixels = torch.nn.functional.interpolate(small[None].float(), size=size[::-1], mode="bicubic")[0]
         (split / name).parent.mkdir(parents=True)
         Image.fromarray(pixels.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()).save(split / name)
-    data.load_split(split, ["a", "b"], dict(preprocess, interpolation="bilinear"), cache)
-    decoded = data.load_split(split, ["a", "b"], preprocess, cache)
+    load_split(split, ["a", "b"], dict(preprocess, interpolation="bilinear"), cache)
+    decoded = load_split(split, ["a", "b"], preprocess, cache)
     assert not decoded.cached  # the bilinear cache of the same folder and size is not this one
-    crops = data.eval_normalise(preprocess)(data.eval_images(decoded, preprocess).tensors[0])
+    crops = eval_normalise(preprocess)(eval_images(decoded, preprocess).tensors[0])
     with Image.open(split / "a/wide.png") as a, Image.open(split / "b/tall.png") as b:
         expected = torch.stack([weights.transforms()(image.convert("RGB")) for image in (a, b)])
     assert (crops - expected).abs().max() < 1e-5
-    again = data.load_split(split, ["a", "b"], preprocess, cache)
+    again = load_split(split, ["a", "b"], preprocess, cache)
     assert again.cached and all(torch.equal(x, y) for x, y in zip(again.images, decoded.images))
 
 
@@ -517,7 +524,7 @@ def test_train_transform_crops_within_its_scale():
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     whole = v2.Compose([v2.Resize(16, antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])(
         image)
-    transform = data.train_transform(16, MEAN, STD, scale=(1.0, 1.0), trivial_augment=0.0, erase_p=0.0)
+    transform = train_transform(16, MEAN, STD, scale=(1.0, 1.0), trivial_augment=0.0, erase_p=0.0)
     torch.manual_seed(0)
     for _ in range(8):
         out = transform(image)
@@ -526,12 +533,12 @@ def test_train_transform_crops_within_its_scale():
 
 def test_eval_transform_deterministic_on_tensor_and_pil():
     preprocess = {"resize_size": 18, "crop_size": 16, "mean": MEAN, "std": STD, "interpolation": "bilinear"}
-    transform = data.eval_transform(preprocess)
+    transform = eval_transform(preprocess)
     image = torch.randint(0, 256, (3, 18, 24), dtype=torch.uint8)
     a, b = transform(image), transform(image)
     assert type(a) is torch.Tensor and a.shape == (3, 16, 16) and a.dtype == torch.float32 and torch.equal(a, b)
     # a uniform grey PIL image normalises to (v - mean) / std everywhere
-    out = data.eval_transform({**preprocess, "interpolation": "bicubic"})(Image.new("RGB", (40, 30), (128,) * 3))
+    out = eval_transform({**preprocess, "interpolation": "bicubic"})(Image.new("RGB", (40, 30), (128,) * 3))
     expected = (128 / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
     assert out.shape == (3, 16, 16) and torch.allclose(out.mean((1, 2)), expected, atol=1e-4)
 
@@ -540,12 +547,12 @@ def test_eval_images_normalised_per_batch_equal_the_per_image_transform():
     preprocess = {"resize_size": 18, "crop_size": 16, "mean": MEAN, "std": STD, "interpolation": "bilinear"}
     gen = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, 18, 18 + i), dtype=torch.uint8, generator=gen) for i in range(5)]
-    decoded = data.Decoded(images, [0, 1, 0, 1, 1], [f"{i}.png" for i in range(5)])
-    crops = data.eval_images(decoded, preprocess, indices=[1, 3, 4])
+    decoded = Decoded(images, [0, 1, 0, 1, 1], [f"{i}.png" for i in range(5)])
+    crops = eval_images(decoded, preprocess, indices=[1, 3, 4])
     assert crops.tensors[0].dtype == torch.uint8 and crops.tensors[1].tolist() == [1, 1, 1]
-    per_image = torch.stack([data.eval_transform(preprocess)(images[i]) for i in (1, 3, 4)])
-    assert torch.equal(data.eval_normalise(preprocess)(crops.tensors[0]), per_image)
-    assert len(data.eval_images(decoded, preprocess, indices=[])) == 0  # a process with no test images
+    per_image = torch.stack([eval_transform(preprocess)(images[i]) for i in (1, 3, 4)])
+    assert torch.equal(eval_normalise(preprocess)(crops.tensors[0]), per_image)
+    assert len(eval_images(decoded, preprocess, indices=[])) == 0  # a process with no test images
 
 
 # ---- Mixup / CutMix --------------------------------------------------------------------------------------------------
@@ -556,40 +563,30 @@ def constant_batch(batch=6, size=12):
     return images, torch.arange(batch)
 
 
-def test_mixup_cutmix_shapes_and_rows_sum_to_one():
+def test_mixing_gives_mixup_or_cutmix_with_soft_targets_that_match_the_pixels():
     torch.manual_seed(0)
-    mix = data.MixupCutmix(num_classes=10)
+    mix = mixing(num_classes=10)
     images, labels = constant_batch()
-    for _ in range(10):
+    kinds = set()
+    for _ in range(20):
         mixed, targets = mix(images, labels)
         assert mixed.shape == images.shape and targets.shape == (6, 10) and targets.dtype == torch.float32
         assert torch.allclose(targets.sum(1), torch.ones(6)) and (targets >= 0).all()
+        lam = targets[labels, labels]  # each sample's own share, its partner the sample before it
+        assert torch.allclose(targets[labels, labels.roll(1)], 1 - lam)
+        if torch.allclose(mixed, lam.view(-1, 1, 1, 1) * images + (1 - lam.view(-1, 1, 1, 1)) * images.roll(1, 0)):
+            kinds.add("mixup")  # every pixel a blend
+        else:  # a box pasted from the partner: its share of pixels is the target's
+            own = (mixed == images).float().mean((1, 2, 3))
+            assert torch.allclose(lam, own)
+            kinds.add("cutmix")
+    assert kinds == {"mixup", "cutmix"}
 
 
-def test_cutmix_target_matches_pasted_area():
-    torch.manual_seed(1)
-    mix = data.MixupCutmix(num_classes=6, mixup_alpha=0.0)
+def test_mixing_off_leaves_the_batch_as_it_is():
     images, labels = constant_batch()
-    for _ in range(10):
-        mixed, targets = mix(images, labels)
-        own = (mixed == images).float().mean((1, 2, 3))  # share of pixels still from the sample itself
-        assert torch.allclose(targets[labels, labels], own)
-        assert torch.allclose(targets[labels, labels.roll(1)], 1 - own)
-
-
-def test_mixup_blends_images_like_targets():
-    torch.manual_seed(2)
-    mix = data.MixupCutmix(num_classes=6, cutmix_alpha=0.0)
-    images, labels = constant_batch()
-    mixed, targets = mix(images, labels)
-    lam = targets[0, 0]
-    assert torch.allclose(mixed, lam * images + (1 - lam) * images.roll(1, 0))
-
-
-def test_mixup_cutmix_off_gives_one_hot():
-    images, labels = constant_batch()
-    mixed, targets = data.MixupCutmix(num_classes=8, p=0.0)(images, labels)
-    assert torch.equal(mixed, images) and torch.equal(targets, torch.eye(8)[:6])
+    mixed, targets = mixing(num_classes=8, p=0.0)(images, labels)
+    assert torch.equal(mixed, images) and torch.equal(targets, labels)
 
 
 # ---- resolve_data / download -----------------------------------------------------------------------------------------
@@ -623,11 +620,12 @@ def test_download_from_local_server_once(tmp_path, top):
     make_zip(tmp_path / "site" / "ds.zip", top)
     server, url, requests = serve(tmp_path / "site")
     try:
-        dest = data.download(f"{url}/ds.zip", tmp_path / "data" / "ds")
+        dest = download(f"{url}/ds.zip", tmp_path / "data" / "ds")
         assert dest == tmp_path / "data" / "ds"
-        assert data.find_splits(dest).classes == ["x", "y"]
-        assert data.download(f"{url}/ds.zip", dest) == dest
-        assert len(requests) == 1  # the second call reused the folder
+        assert find_splits(dest).classes == ["x", "y"]
+        fetched = len(requests)  # torchvision's download asks twice: for redirects, then for the file
+        assert download(f"{url}/ds.zip", dest) == dest
+        assert len(requests) == fetched  # the second call reused the folder
         assert [p.name for p in (tmp_path / "data").iterdir()] == ["ds"]  # no temp leftovers
     finally:
         server.shutdown()
@@ -635,38 +633,51 @@ def test_download_from_local_server_once(tmp_path, top):
 
 
 def test_resolve_data_downloads_known_name(tmp_path, monkeypatch):
-    make_zip(tmp_path / "ds.zip")
-    monkeypatch.setitem(data.DATASETS, "tiny", (tmp_path / "ds.zip").as_uri())
-    root = data.resolve_data("tiny", data_dir=tmp_path / "data")
+    (tmp_path / "site").mkdir()
+    make_zip(tmp_path / "site" / "ds.zip")
+    server, url, _ = serve(tmp_path / "site")
+    try:
+        monkeypatch.setitem(DATASETS, "tiny", (f"{url}/ds.zip", None, None))
+        root = resolve_data("tiny", data_dir=tmp_path / "data")
+    finally:
+        server.shutdown()
+        server.server_close()
     assert root == tmp_path / "data" / "tiny" and (root / "train" / "x" / "0.png").is_file()
 
 
 def test_download_offline_gives_hint(tmp_path):
     with pytest.raises(UserError, match=r"127\.0\.0\.1:1/x\.zip: download failed.*--data /path/to/folder"):
-        data.download("http://127.0.0.1:1/x.zip", tmp_path / "data" / "x")
+        download("http://127.0.0.1:1/x.zip", tmp_path / "data" / "x")
     assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_download_not_a_zip(tmp_path):
-    (tmp_path / "page.zip").write_text("<html>not found</html>")
-    with pytest.raises(UserError, match=r"not a zip archive"):
-        data.download((tmp_path / "page.zip").as_uri(), tmp_path / "data" / "x")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "page.zip").write_text("<html>not found</html>")
+    server, url, _ = serve(tmp_path / "site")
+    try:
+        with pytest.raises(UserError, match=r"page\.zip: the download is not a zip archive"):
+            download(f"{url}/page.zip", tmp_path / "data" / "x")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_resolve_data_paths_and_unknown_names(tmp_path, monkeypatch):
-    assert data.resolve_data(None) == REPO / "data" / "fashion_mnist_small"
-    assert data.resolve_data(str(tmp_path)) == tmp_path
+    assert resolve_data(None) == REPO / "data" / "fashion_mnist_small"
+    assert resolve_data(str(tmp_path)) == tmp_path
     make_tree(tmp_path / "pizza_steak_sushi")  # a folder of a known name here: it, not a download
     monkeypatch.chdir(tmp_path)
-    assert data.resolve_data("pizza_steak_sushi") == Path("pizza_steak_sushi")
+    assert resolve_data("pizza_steak_sushi") == Path("pizza_steak_sushi")
     with pytest.raises(UserError, match=r"no_such_set: no such folder and not a known dataset name.*pizza_steak_sushi"):
-        data.resolve_data("no_such_set")
+        resolve_data("no_such_set")
 
 
 # ---- bundled and shared data -----------------------------------------------------------------------------------------
 
 def test_bundled_fashion_mnist_small_is_valid():
-    splits = data.find_splits(data.resolve_data(None))
+    splits = find_splits(resolve_data(None))
     assert splits.classes == sorted(["t-shirt_top", "trouser", "pullover", "dress", "coat",
                                      "sandal", "shirt", "sneaker", "bag", "ankle_boot"])
     for split_dir, count in ((splits.train_dir, 100), (splits.test_dir, 30)):
@@ -674,7 +685,7 @@ def test_bundled_fashion_mnist_small_is_valid():
             assert len(list((split_dir / name).glob("*.png"))) == count, split_dir / name
     size = sum(p.stat().st_size for p in (REPO / "data" / "fashion_mnist_small").rglob("*"))
     assert size < 2_000_000
-    decoded = data.load_split(splits.test_dir, splits.classes, resized(28))
+    decoded = load_split(splits.test_dir, splits.classes, resized(28))
     assert len(decoded.images) == 300 and not decoded.skipped and decoded.images[0].shape == (3, 28, 28)
 
 
@@ -705,8 +716,8 @@ def test_make_fashion_mnist_small_writes_a_new_folder_with_the_licence(tmp_path)
 
 @pytest.mark.skipif(not (SHARED / "pizza_steak_sushi").is_dir(), reason="shared data not available")
 def test_shared_pizza_steak_sushi():
-    splits = data.find_splits(SHARED / "pizza_steak_sushi")
+    splits = find_splits(SHARED / "pizza_steak_sushi")
     assert splits.classes == ["pizza", "steak", "sushi"]
-    decoded = data.load_split(splits.train_dir, splits.classes, resized(32))
+    decoded = load_split(splits.train_dir, splits.classes, resized(32))
     assert len(decoded.images) == 225 and not decoded.skipped
     assert all(t.shape[0] == 3 and min(t.shape[1:]) == 32 for t in decoded.images)

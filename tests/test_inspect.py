@@ -14,8 +14,10 @@ from torchvision.models.vision_transformer import VisionTransformer as Torchvisi
 
 from vit import UserError, build_model
 from vit import inspect as vit_inspect
-from vit.checkpoint import load_model, model_checkpoint, save_checkpoint
-from vit.data import decode, eval_transform
+from vit.checkpoint import load_model, model_checkpoint
+from vit.files import save_atomically
+from vit.decoding import decode
+from vit.transforms import eval_transform
 
 REPO = Path(__file__).parents[1]
 P = 8  # patch size in pixels
@@ -43,7 +45,7 @@ def files(tmp_path_factory):
     for i in range(3):
         write_image(root / "photos" / ("sub" if i == 2 else "") / f"img{i}.png", i, size=(40 + 8 * i, 30))
     for stem in ("patch", "conv"):
-        save_checkpoint(model_checkpoint(tiny_model(stem)), root / f"{stem}.pt")
+        save_atomically(model_checkpoint(tiny_model(stem)), root / f"{stem}.pt")
     return root / "photos", root / "patch.pt", root / "conv.pt"
 
 

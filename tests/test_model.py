@@ -16,7 +16,7 @@ from torchvision.models.vision_transformer import interpolate_embeddings
 
 import vit.weights
 from vit import UserError, build_model, list_models
-from vit.model import CONFIGS, DropPath, PatchEmbedding, VisionTransformer
+from vit.model import CONFIGS, PatchEmbedding, VisionTransformer
 
 SMALL = dict(image_size=64, patch_size=8, num_layers=3, num_heads=4, hidden_dim=96, mlp_dim=192)
 
@@ -170,12 +170,12 @@ def test_a_copy_of_torchvisions_weights_brings_their_classes_and_preprocessing(t
         path = tmp_path / f"vit_b_16_{size}.pth"
         torch.save(TorchvisionViT(image_size=size, patch_size=16, num_layers=1, num_heads=3, hidden_dim=192,
                                   mlp_dim=768).state_dict(), path)
-        found = vit.weights.find_pretrained("vit_b_16", path)
+        found = vit.weights.open_weights(path)
         assert found.classes[:2] == ["tench", "goldfish"] and len(found.classes) == 1000
         assert (found.preprocess["crop_size"], found.preprocess["resize_size"]) == (size, resize)
         assert found.preprocess["interpolation"] == interpolation
     torch.save(TorchvisionViT(**SMALL, num_classes=5).state_dict(), tmp_path / "five.pth")  # not ImageNet's head
-    found = vit.weights.find_pretrained("vit_b_16", tmp_path / "five.pth")
+    found = vit.weights.open_weights(tmp_path / "five.pth")
     assert found.classes is None and found.preprocess is None
 
 
@@ -301,7 +301,7 @@ def test_wrong_input_is_a_clear_error():
         with pytest.raises(ValueError, match=rf"got {re.escape(str(shape))}; give a batch of RGB images$"):
             model(torch.randn(*shape))
     with pytest.raises(ValueError, match=r"got \(1, 3, 32, 48\); resize and crop them to 32 x 32 px, e.g. with "
-                                         r"vit.data.eval_transform\(model.preprocess\)$"):
+                                         r"vit.transforms.eval_transform\(model.preprocess\)$"):
         model(torch.randn(1, 3, 32, 48))
     with pytest.raises(ValueError, match="expected float images, got torch.uint8; scale and normalise"):
         model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
@@ -317,7 +317,7 @@ def test_drop_path_keeps_the_mean_and_grows_linearly_with_depth():
     model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=4, drop_path=0.3)
     assert [block.drop_path.p for block in model.blocks] == pytest.approx([0.0, 0.1, 0.2, 0.3])
     torch.manual_seed(0)
-    out = DropPath(0.3).train()(torch.ones(20_000, 2, 3))
+    out = model.blocks[-1].drop_path.train()(torch.ones(20_000, 2, 3))
     assert out.unique().tolist() == pytest.approx([0.0, 1 / 0.7])
     assert torch.equal(out.amin((1, 2)), out.amax((1, 2)))  # each sample's branch as a whole
     assert abs(out.mean().item() - 1.0) < 0.02 and abs((out == 0).float().mean().item() - 0.3) < 0.02
@@ -337,13 +337,14 @@ def test_drop_path_only_in_training():
 
 
 def test_checkpoint_with_a_broken_model_description_is_refused(tmp_path):
-    from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
+    from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint
+    from vit.files import save_atomically
     model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1)
     model.classes = ["a", "b"]
     # a fine-tuned model keeps its weights' preprocessing (here not the default of its size): predict.py uses it
     model.preprocess = dict(resize_size=32, crop_size=32, mean=[0.5] * 3, std=[0.5] * 3, interpolation="bicubic")
     good = model_checkpoint(model)
-    save_checkpoint(good, tmp_path / "good.pt")
+    save_atomically(good, tmp_path / "good.pt")
     rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "good.pt"))
     assert rebuilt.classes == ["a", "b"] and all(torch.equal(v, model.state_dict()[k])
                                                  for k, v in rebuilt.state_dict().items())
@@ -351,20 +352,21 @@ def test_checkpoint_with_a_broken_model_description_is_refused(tmp_path):
     for name, broken in {"noconfig": dict(good, model={"name": "x"}),
                          "badsize": dict(good, model={"name": "x", "config": dict(model.config, image_size=30)}),
                          "deeper": dict(good, model={"name": "x", "config": dict(model.config, num_layers=2)})}.items():
-        save_checkpoint(broken, tmp_path / f"{name}.pt")
+        save_atomically(broken, tmp_path / f"{name}.pt")
         with pytest.raises(UserError, match=f"{name}.pt: .*damaged or was edited"):
             model_from_checkpoint(load_checkpoint(tmp_path / f"{name}.pt"))
 
 
 def test_conv_stem_hybrid_builds_saves_and_refuses_patch_weights(tmp_path):
-    from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
+    from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint
+    from vit.files import save_atomically
     torch.manual_seed(0)
     model = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1, stem="conv").eval()
     x = torch.randn(2, 3, 32, 32)
     assert model.embed.stem(x).shape == (2, 96, 4, 4)  # three stride-2 stages: one position per 8 x 8 patch
     model.classes = ["a", "b"]
     ckpt = model_checkpoint(model)
-    save_checkpoint(ckpt, tmp_path / "hybrid.pt")
+    save_atomically(ckpt, tmp_path / "hybrid.pt")
     rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "hybrid.pt")).eval()
     tuned = build_model("vit_ti_16", num_classes=2, pretrained=tmp_path / "hybrid.pt", patch_size=8, num_layers=1,
                         stem="conv").eval()  # fine-tuning from it: the image size comes from the checkpoint
@@ -424,11 +426,12 @@ def test_a_hybrids_plain_state_dict_names_its_model_and_what_to_change(tmp_path)
 
 def test_a_pretrained_head_is_kept_only_for_the_same_class_names(tmp_path):
     """--pretrained RUN.pt on data of other classes, as many: the run's head scored burger as its pizza."""
-    from vit.checkpoint import model_checkpoint, save_checkpoint
+    from vit.checkpoint import model_checkpoint
+    from vit.files import save_atomically
     source = build_model("vit_ti_16", num_classes=2, image_size=32, patch_size=8, num_layers=1)
     torch.nn.init.normal_(source.head.weight)
     source.classes = ["pizza", "steak"]
-    save_checkpoint(model_checkpoint(source), tmp_path / "run.pt")
+    save_atomically(model_checkpoint(source), tmp_path / "run.pt")
     for classes, kept in ((["pizza", "steak"], True), (["burger", "pizza"], False), (None, True)):
         model = build_model("vit_ti_16", num_classes=2, pretrained=tmp_path / "run.pt", classes=classes, patch_size=8,
                             num_layers=1)

@@ -14,9 +14,12 @@ from PIL import Image
 
 import predict as predict_script
 import vit.checkpoint
+import vit.weights
 from vit import build_model
-from vit.checkpoint import model_checkpoint, save_checkpoint
-from vit.data import decode, eval_normalise, eval_transform
+from vit.checkpoint import model_checkpoint
+from vit.files import save_atomically
+from vit.decoding import decode
+from vit.transforms import eval_normalise, eval_transform
 from vit.explain import attention_rollout, model_view, rollout
 from vit.metrics import classification_report, confusion_matrix, evaluate
 from vit.plots import FORMATS
@@ -54,7 +57,7 @@ def ckpt(tmp_path_factory):
     """(checkpoint path, the model it holds)."""
     model = tiny_model()
     path = tmp_path_factory.mktemp("models") / "tiny.pt"
-    save_checkpoint(checkpoint(model), path)
+    save_atomically(checkpoint(model), path)
     return path, model
 
 
@@ -298,7 +301,7 @@ def test_bicubic_preprocessing_predicts_what_torchvisions_transforms_give(tmp_pa
     model = tiny_model()
     model.preprocess = dict(model.preprocess, resize_size=32, crop_size=32, interpolation="bicubic")
     path = tmp_path / "bicubic.pt"
-    save_checkpoint(checkpoint(model), path)
+    save_atomically(checkpoint(model), path)
     image = write_image(tmp_path / "photo.png", seed=3, size=(53, 40))
     out = predict("--model", path, image, "--json", "--topk", "3", "--no-figures")
     assert out.returncode == 0, out.stderr
@@ -341,12 +344,13 @@ def test_pretrained_uses_the_models_classes_and_preprocessing(tmp_path, capsys, 
     model = tiny_model()  # stands in for torchvision's ImageNet ViT-B/16, which cannot be downloaded here
     model.classes = ["tench", "goldfish", "shark"]
     model.preprocess = dict(model.preprocess, resize_size=48, mean=[0.5] * 3, std=[0.5] * 3)
-    built = []
-    monkeypatch.setattr(vit.checkpoint, "build_model", lambda *a, **k: built.append((a, k)) or model)
+    asked = []  # torchvision's weights API, asked for the weights of a model by name
+    monkeypatch.setattr(vit.weights, "_torchvision_weights", lambda name: asked.append(name) or vit.weights.Pretrained(
+        model.state_dict(), "torchvision stand-in", model.preprocess, model.classes))
     image = write_image(tmp_path / "fish.png", 5, size=(64, 50))
     result = predict_here(capsys, "--pretrained", image, "--json", "--save", tmp_path / "out")
     assert result.returncode == 0, result.stderr
-    assert built == [(("vit_b_16",), {"pretrained": True})]
+    assert asked == ["vit_b_16"]  # the model is then built from the weights' shapes, with their classes
     line = json.loads(result.stdout)
     expected = direct_probs(model, image)
     assert [p["class"] for p in line["predictions"]] == [model.classes[i] for i in expected.argsort(descending=True)]
@@ -357,18 +361,22 @@ def test_pretrained_path_loads_that_weights_file(tmp_path, capsys, monkeypatch):
     """--pretrained PATH: the weights file; an image, folder or glob right after --pretrained stays an input."""
     model = tiny_model()  # stands in for torchvision's ViT-B/16 with the ImageNet weights of a file
     model.classes = ["tench", "goldfish", "shark"]
-    built = []
-    monkeypatch.setattr(vit.checkpoint, "build_model", lambda *a, **k: built.append((a, k)) or model)
+    built, asked = [], []  # build_model's name, the weights' source and the other arguments; torchvision's API
+    monkeypatch.setattr(vit.checkpoint, "build_model", lambda name, pretrained, **k: built.append(
+        (name, pretrained.source, k)) or model)
+    monkeypatch.setattr(vit.weights, "_torchvision_weights", lambda name: asked.append(name) or vit.weights.Pretrained(
+        model.state_dict(), "torchvision stand-in", model.preprocess, model.classes))
     image = write_image(tmp_path / "photos" / "fish.png", 5)
     weights = tmp_path / "b16.pth"
     torch.save(model.state_dict(), weights)  # the Table 1 model of its shapes: vit_ti_16 with 8 px patches, 2 layers
     for args, pretrained in (([weights, image], str(weights)), ([image], True), ([tmp_path / "photos"], True),
                              ([tmp_path / "photos" / "*.png"], True)):
-        built.clear()
+        built.clear(), asked.clear()
         result = predict_here(capsys, "--pretrained", *args, "--json", "--no-figures", "--save", tmp_path / "out")
         assert result.returncode == 0, result.stderr
-        assert built == ([(("vit_b_16",), {"pretrained": True})] if pretrained is True else
-                         [(("vit_ti_16",), {"pretrained": pretrained, "patch_size": 8, "num_layers": 2})])
+        source = "torchvision stand-in" if pretrained is True else pretrained  # the Table 1 model of its shapes:
+        assert built == [("vit_ti_16", source, {"patch_size": 8, "num_layers": 2, "num_classes": 3})]  # its head
+        assert asked == (["vit_b_16"] if pretrained is True else [])
         line = json.loads(result.stdout)
         assert line["image"] == str(image) and line["predictions"][0]["class"] in model.classes
         assert line["model"] == (str(weights) if pretrained is not True else "vit_b_16 (torchvision ImageNet weights)")
@@ -465,7 +473,7 @@ def test_evaluate_matches_hand_count(ckpt, tmp_path, capsys):
     with Image.open(out / "confusion_matrix.png") as f:
         assert f.format == "PNG"
     with pytest.MonkeyPatch.context() as m:  # again: the images come from the cache, the result is the same
-        m.setattr("vit.data.decode", lambda *a: pytest.fail("decoded again although cached"))
+        m.setattr("vit.decoding.decode", lambda *a: pytest.fail("decoded again although cached"))
         assert predict_here(capsys, "--model", path, "--evaluate", tmp_path / "data", "--save", out, "--cache-dir",
                             tmp_path / "cache").returncode == 0
     assert json.loads((out / "evaluation.json").read_text()) == saved

@@ -1,6 +1,7 @@
 """train.py end to end on tiny images written here: outputs, learning, resume, --freeze, errors, DDP."""
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -23,14 +24,19 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
 
 import train
-from vit import augment, data
-from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
+import vit.loaders
+from vit import augment
+from vit.cache import load_split
+from vit.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint
 from vit.device import mixed_precision
 from vit.distributed import log, own_share
 from vit.errors import UserError
+from vit.files import save_atomically
 from vit.loaders import make_loaders
-from vit.model import VisionTransformer, build_model
-from vit.weights import interpolate_pos_embed
+from vit.model import VisionTransformer
+from vit.settings import FORMAT
+from vit.transforms import eval_transform
+from vit.weights import build_model, interpolate_pos_embed
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 24, 12  # readable images per split (two classes, half each)
@@ -83,8 +89,8 @@ def read_metrics(out, name):
 def accuracy_of(model, dataset, loss=False):
     """Accuracy of a model on the test images, with the checkpoint's own eval preprocessing (and with loss, the
     mean cross-entropy too)."""
-    decoded = data.load_split(dataset / "test", ["bright", "dark"], model.preprocess)
-    x = torch.stack([data.eval_transform(model.preprocess)(im) for im in decoded.images])
+    decoded = load_split(dataset / "test", ["bright", "dark"], model.preprocess)
+    x = torch.stack([eval_transform(model.preprocess)(im) for im in decoded.images])
     with torch.no_grad():
         logits, labels = model.eval()(x), torch.tensor(decoded.labels)
     accuracy = (logits.argmax(1) == labels).float().mean().item()
@@ -113,7 +119,7 @@ def test_run_writes_all_outputs_that_load_back(reference, dataset):
     assert best["best_acc"] == max(m["test_acc"] for m in metrics) == best["metrics"][-1]["test_acc"]
     # RUN-best.pt is the first epoch that reached the best accuracy, not a later one that only equalled it
     assert best["epoch"] == min(m["epoch"] for m in metrics if m["test_acc"] == best["best_acc"])
-    assert last["args"]["name"] == "ref" and "git_commit" in last
+    assert last["settings"]["name"] == "ref" and last["format"] == FORMAT and "git_commit" in last
     model = model_from_checkpoint(last)  # a working model that scores what training measured
     assert model.classes == ["bright", "dark"] and model.image_size == 16
     accuracy, loss = accuracy_of(model, dataset, loss=True)
@@ -150,24 +156,22 @@ def test_train_epoch_reports_the_smoothed_loss_and_accuracy_over_samples(monkeyp
     loader = [(x[:4], y[:4]), (x[4:], y[4:])]
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # nothing moves: every batch sees these logits
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    args = argparse.Namespace(label_smoothing=0.1, clip_grad=1.0)
     _, scaler = mixed_precision(torch.device("cpu"))
+    trainer = train.Trainer(net, net, optimizer, scheduler, scaler, None, torch.device("cpu"), contextlib.nullcontext,
+                            label_smoothing=0.1, clip_grad=1.0)
     with torch.no_grad():
         expected = F.cross_entropy(net(x), y, label_smoothing=0.1).item()
-    loss, accuracy = train.train_epoch(net, loader, optimizer, scheduler, scaler, None, args, torch.device("cpu"),
-                                       contextlib.nullcontext, desc="test")
+    loss, accuracy = train.train_epoch(trainer, loader, desc="test")
     assert loss == pytest.approx(expected) and accuracy == pytest.approx(2 / 5)
 
     def mixed(images, labels):  # targets that agree with every prediction: against them, accuracy would be 1
         return images, F.one_hot(net(images).argmax(1), 3).float()
 
-    _, accuracy = train.train_epoch(net, loader, optimizer, scheduler, scaler, mixed, args, torch.device("cpu"),
-                                    contextlib.nullcontext, desc="test")
+    _, accuracy = train.train_epoch(dataclasses.replace(trainer, mix=mixed), loader, desc="test")
     assert accuracy == pytest.approx(2 / 5)  # still counted against y
     other = torch.tensor([3.0, 2.0, 5.0])  # under torchrun: another process's summed loss, correct and samples
     monkeypatch.setattr(train, "all_reduce", lambda totals: totals + other)
-    loss, accuracy = train.train_epoch(net, loader, optimizer, scheduler, scaler, None, args, torch.device("cpu"),
-                                       contextlib.nullcontext, desc="test")
+    loss, accuracy = train.train_epoch(trainer, loader, desc="test")
     assert loss == pytest.approx((5 * expected + 3) / 10) and accuracy == pytest.approx(4 / 10)  # all samples
 
 
@@ -185,16 +189,16 @@ def test_train_epoch_counts_each_image_once_when_a_distributed_sampler_pads_the_
     x, y = torch.tensor([[2.0, 0], [0, 2], [1, 3], [0, 0.5], [3, 1]]), torch.tensor([0, 1, 0, 2, 1])
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # nothing moves: every batch sees the same logits
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    args = argparse.Namespace(label_smoothing=0.1, clip_grad=1.0)
     _, scaler = mixed_precision(torch.device("cpu"))
+    trainer = train.Trainer(net, net, optimizer, scheduler, scaler, mix, torch.device("cpu"), contextlib.nullcontext,
+                            label_smoothing=0.1, clip_grad=1.0)
     totals = []  # each process's sums, which all_reduce adds up under torchrun
     monkeypatch.setattr(train, "all_reduce", lambda t: totals.append(t.clone()) or t)
     for rank in range(2):
         sampler = DistributedSampler(TensorDataset(x, y), 2, rank, seed=0)
         loader = DataLoader(TensorDataset(x, y), batch_size, sampler=sampler)
         assert sum(len(b) for b, _ in loader) == 3  # 5 images in shares of 3
-        train.train_epoch(net, loader, optimizer, scheduler, scaler, mix, args, torch.device("cpu"),
-                          contextlib.nullcontext, desc="test", own=own_share(5, 2, rank))
+        train.train_epoch(trainer, loader, desc="test", own=own_share(5, 2, rank))
     loss_sum, correct, count = sum(totals).tolist()
     with torch.no_grad():
         expected = F.cross_entropy(net(x), (mix or (lambda *xy: xy))(x, y)[1], label_smoothing=0.1,
@@ -245,7 +249,7 @@ def test_a_run_whose_images_moved_resumes_with_data(dataset, tmp_path, capsys):
     train.main(["--resume", str(tmp_path / "models" / "run.pt"), "--data", str(tmp_path / "moved")])
     assert "ignored" not in capsys.readouterr().out
     resumed = load_checkpoint(tmp_path / "models" / "run.pt")
-    assert resumed["epoch"] == 2 and resumed["args"]["data"] == str((tmp_path / "moved").resolve())
+    assert resumed["epoch"] == 2 and resumed["settings"]["data"] == str((tmp_path / "moved").resolve())
 
 
 def test_with_workers_each_image_is_seeded_so_resuming_and_their_number_change_nothing(dataset, tmp_path):
@@ -325,16 +329,34 @@ def test_resuming_an_earlier_checkpoint_would_overwrite_the_latest_and_is_refuse
     assert (models / "run.pt").read_bytes() == latest and load_checkpoint(models / "run.pt")["epoch"] == 2
 
 
+def format_1(ckpt):
+    """A checkpoint as the code before vit.settings wrote it: train.py's arguments as `args` (with the flags that the
+    recipe filled in, sizes left to the model as None), in format vit-checkpoint-1."""
+    args = dict(ckpt.pop("settings"), image_size=None, num_layers=None, given=["data"], resume=None)
+    return dict(ckpt, format="vit-checkpoint-1", args=args)
+
+
+def test_a_run_saved_in_format_1_resumes_and_goes_on_in_format_2(dataset, tmp_path, reference, capsys):
+    path = tmp_path / "models" / "ref.pt"
+    train.main(flags(dataset, tmp_path, "--epochs", "4", "--lr", "2e-3", "--name", "ref", "--stop-after", "2"))
+    save_atomically(format_1(load_checkpoint(path)), path)
+    train.main(["--resume", str(path)])
+    resumed = load_checkpoint(path)
+    assert resumed["format"] == FORMAT and resumed["settings"]["num_layers"] == 2  # from the model as built
+    for a, b in zip(resumed["metrics"], read_metrics(reference[0], "ref")):  # as if never stopped
+        assert {k: a[k] for k in KEYS - {"seconds"}} == {k: b[k] for k in KEYS - {"seconds"}}
+
+
 def test_run_saved_before_trivial_augment_was_a_flag_resumes_with_it_on(dataset, tmp_path, capsys):
     path = tmp_path / "models" / "old.pt"
     train.main(flags(dataset, tmp_path, "--epochs", "2", "--name", "old", "--stop-after", "1"))
-    old = load_checkpoint(path)
+    old = format_1(load_checkpoint(path))
     assert old["args"]["trivial_augment"] == 0.0  # the from-scratch recipe's
     del old["args"]["trivial_augment"]
-    save_checkpoint(old, path)
+    save_atomically(old, path)
     train.main(["--resume", str(path), "--device", "cpu"])
     resumed = load_checkpoint(path)
-    assert resumed["epoch"] == 2 and resumed["args"]["trivial_augment"] == 1.0  # as every run before the flag
+    assert resumed["epoch"] == 2 and resumed["settings"]["trivial_augment"] == 1.0  # as every run before the flag
 
 
 def test_ctrl_c_keeps_last_epoch_and_says_how_to_resume(dataset, tmp_path, monkeypatch, capsys):
@@ -396,13 +418,13 @@ def freeze_features(rank, world, dataset, out=None):
         dist.init_process_group("gloo", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=world)
     torch.manual_seed(0)  # the same tiny model in every process
     model = build_model("vit_ti_16", num_classes=2, image_size=16, patch_size=4, num_layers=2)
-    decoded = {split: data.load_split(dataset / split, ["bright", "dark"], model.preprocess)
+    decoded = {split: load_split(dataset / split, ["bright", "dark"], model.preprocess)
                for split in ("train", "test")}
     decoded["train"].images, decoded["train"].labels = decoded["train"].images[:23], decoded["train"].labels[:23]
     args = argparse.Namespace(freeze=True, batch_size=4, workers=0, trivial_augment=0.0, augment="auto", seed=0)
     seen, original = [], model.forward_features
     model.forward_features = lambda x: seen.append(len(x)) or original(x)
-    loader = make_loaders(decoded, model, args, torch.Generator(), torch.device("cpu"), world, rank,
+    loader = make_loaders(decoded, model, args, torch.Generator(), (torch.device("cpu"), world, rank),
                           contextlib.nullcontext)[0]
     result = (*loader.dataset.tensors, sum(seen))
     if out:
@@ -454,7 +476,7 @@ def test_pretrained_full_finetune_starts_from_the_weights(dataset, tmp_path):
     train.main(flags(dataset, tmp_path, "--model", "vit_ti_16", "--pretrained", str(tmp_path / "ours.pt"),
                      "--lr", "0", "--epochs", "1", "--name", "ft"))
     ckpt = load_checkpoint(tmp_path / "models" / "ft.pt")
-    assert ckpt["args"]["pretrained"] == str(tmp_path / "ours.pt") and ckpt["args"]["mixup"] == 0.0  # fine-tune recipe
+    assert ckpt["settings"]["pretrained"] == str(tmp_path / "ours.pt") and ckpt["settings"]["mixup"] == 0.0  # fine-tune
     for key, value in source.state_dict().items():
         if not key.startswith("head."):
             assert torch.equal(ckpt["state_dict"][key], value), key
@@ -490,7 +512,7 @@ def test_with_data_alone_photos_get_the_photo_recipe_and_small_images_the_small_
                     f"layers, {train.PHOTOS['epochs']} epochs for 6 images; a flag given overrides it (python train.py "
                     "--help)"]
     ckpt = load_checkpoint(tmp_path / "models" / "photos.pt")
-    config, saved = ckpt["model"]["config"], ckpt["args"]
+    config, saved = ckpt["model"]["config"], ckpt["settings"]
     assert (config["image_size"], config["patch_size"], config["num_layers"], config["stem"]) == (64, 8, 6, "conv")
     assert (saved["epochs"], saved["batch_size"], saved["lr"]) == (1, train.PHOTOS["batch_size"], train.PHOTOS["lr"])
     train.main(["--data", str(dataset), "--name", "small", *common])  # 20 x 24 px images
@@ -641,7 +663,7 @@ def test_bad_dataset_is_one_line_error(kind, message, tmp_path, capsys):
 def test_ctrl_c_before_the_epochs_is_one_line(dataset, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):  # e.g. while a large folder is decoded
         raise KeyboardInterrupt
-    monkeypatch.setattr(data, "load_split", interrupted)
+    monkeypatch.setattr(vit.loaders, "load_split", interrupted)
     with pytest.raises(SystemExit) as exit_:
         train.main(flags(dataset, tmp_path))
     assert exit_.value.code == 130 and capsys.readouterr().err == "\ninterrupted\n"
@@ -716,7 +738,7 @@ def test_a_divergence_in_the_epochs_last_step_is_caught_by_the_test_loss(dataset
 
 def test_resume_of_a_model_without_its_training_state_is_one_line(tmp_path, capsys):
     model = build_model("vit_ti_16", num_classes=2, image_size=16, patch_size=8, num_layers=1)
-    save_checkpoint(model_checkpoint(model), tmp_path / "model.pt")  # a model, as the Python API saves one
+    save_atomically(model_checkpoint(model), tmp_path / "model.pt")  # a model, as the Python API saves one
     with pytest.raises(SystemExit) as exit_:
         train.main(["--resume", str(tmp_path / "model.pt")])
     err = capsys.readouterr().err
@@ -831,7 +853,7 @@ def test_only_rank_0_prints_even_before_the_process_group_exists(world, rank, ma
     with pytest.raises(SystemExit) as exit_:  # a mistake every process finds is said once, by rank 0
         train.main(["--data", "/no/such/folder"])
     assert exit_.value.code == 2 and capsys.readouterr().err == ("error: /no/such/folder: no such folder and not a "
-                                                                 "known dataset name (known: pizza_steak_sushi); pass a "
+                                                                 "known dataset name (known: pizza_steak_sushi, tiny-imagenet-200); pass a "
                                                                  "folder containing train/ and test/, or one of the "
                                                                  "names\n" if master else "")
 
@@ -871,7 +893,7 @@ def test_resumed_in_another_number_of_processes_a_run_goes_on_and_says_so(datase
     for folder in ("models", "results"):
         shutil.copytree(tmp_path / folder, older / folder)
     del ckpt["world_size"], ckpt["path"]
-    save_checkpoint(ckpt, older / "models" / "run.pt")
+    save_atomically(ckpt, older / "models" / "run.pt")
     capsys.readouterr()
     train.main(["--resume", str(path), "--stop-after", "1"])  # 2 processes, now 1
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
@@ -907,7 +929,7 @@ def test_a_run_of_one_process_resumed_in_two_is_noted_and_an_unrecorded_one_is_n
                      f"differ from an uninterrupted run's (the same order: {train.resume_cli(1, path.resolve())})"]
     ckpt = load_checkpoint(path)
     del ckpt["world_size"], ckpt["path"]
-    save_checkpoint(ckpt, path)
+    save_atomically(ckpt, path)
     with pytest.raises(Started):
         train.main(["--resume", str(path)])
     assert "note:" not in capsys.readouterr().out

@@ -1,6 +1,6 @@
-"""Training augmentation of whole batches on the training device, matching vit.data.train_transform op for op.
+"""Training augmentation of whole batches on the training device, matching vit.transforms.train_transform op for op.
 
-vit.data.train_transform runs per image in DataLoader workers, a few CPU milliseconds per image: on a GPU
+vit.transforms.train_transform runs per image in DataLoader workers, a few CPU milliseconds per image: on a GPU
 that starves the model. Here the decoded uint8 images stay on the device (DeviceImages) and BatchAugment
 applies the same steps to a whole batch with tensor ops, each sample with its own random parameters:
 RandomResizedCrop, horizontal flip, TrivialAugmentWide (14 ops, 31 magnitude bins, nearest, fill 0, on uint8
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
-from vit.data import physical_memory
+from vit.device import physical_memory
 
 SPACE = {  # op: (magnitude of the first bin, of the last bin, signed), torchvision's TrivialAugmentWide
     "Identity": (0.0, 0.0, False), "ShearX": (0.0, 0.99, True), "ShearY": (0.0, 0.99, True),
@@ -187,7 +187,7 @@ def box_masks(boxes, size):
 
 
 class BatchAugment(torch.nn.Module):
-    """vit.data.train_transform for a batch: uint8 (B, 3, Hmax, Wmax) and true sizes (B, 2) -> float (B, 3, S, S).
+    """vit.transforms.train_transform for a batch: uint8 (B, 3, Hmax, Wmax) and true sizes (B, 2) -> float (B, 3, S, S).
 
     trivial_augment is train_transform's; flip_p and ops (names from OPS to draw from) switch steps off in tests.
     """

@@ -1,5 +1,4 @@
 """Checkpoints that hold everything needed to rebuild, evaluate and resume a model (as nanoGPT's do)."""
-import argparse
 import os
 import shlex
 import shutil
@@ -10,20 +9,10 @@ from pathlib import Path
 import torch
 
 from vit.errors import UserError
-from vit.files import replace_atomically
-from vit.model import SHAPE_FLAGS, VisionTransformer, build_model
-from vit.weights import CHECKPOINT_FORMAT, from_torchvision, is_checkpoint, safe_load, table1_flags
-
-
-def save_checkpoint(obj, path):
-    """torch.save, written atomically (replace_atomically). Through a Python file object: given a file name,
-    torch.save holds the GIL for 0.2-0.3 s as it opens and again as it closes the file, which stalls the training
-    loop while CheckpointWriter's thread writes (bench/checkpoint.py), and reports a full disk as a RuntimeError
-    that names no cause; a file object's OSError becomes replace_atomically's one-line message."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-    replace_atomically(path, write)
+from vit.files import replace_atomically, save_atomically
+from vit.model import VisionTransformer
+from vit.settings import FORMAT, as_data, saved_settings
+from vit.weights import build_model, is_checkpoint, open_weights, safe_load
 
 
 def cpu_copy(obj, cuda_devices=None):
@@ -110,7 +99,7 @@ class CheckpointWriter:
                     else:
                         for event in copied:
                             event.synchronize()
-                        save_checkpoint(copy, path)
+                        save_atomically(copy, path)
                         written[id(copy)] = path
             except BaseException as e:
                 self.error = e
@@ -134,54 +123,45 @@ def load_checkpoint(path):
     return ckpt
 
 
-def pretrained_flags(path):
-    """(train.py's model flags (model, patch_size, num_layers, stem) for the weights in `path`, so that --pretrained
-    PATH builds their model: a checkpoint's own, else the Table 1 model of a state dict's shapes, or {}; whether they
-    are a checkpoint of a train.py run from random weights, whose transfer has a recipe of its own)."""
-    try:  # mapped, not read: build_model loads the weights next (and names what is wrong with a bad file)
-        obj = safe_load(path, mmap=True)
-    except UserError:
-        return {}, False
-    run = obj.get("args") if is_checkpoint(obj) else None
-    return flags_of(obj), isinstance(run, dict) and not run.get("pretrained")
-
-
-def flags_of(obj):
-    """The model flags of pretrained_flags for a file already loaded (safe_load)."""
-    if not is_checkpoint(obj):
-        return table1_flags(from_torchvision(obj) if isinstance(obj, dict) and "conv_proj.weight" in obj else obj)
-    model = obj.get("model")
-    if not isinstance(model, dict) or not model.get("name") or not isinstance(model.get("config"), dict):
-        return {}
-    flags = {k: v for k, v in model["config"].items() if k in SHAPE_FLAGS}
-    return {"model": model["name"], **flags}
-
-
 def model_checkpoint(model):
     """The part of a checkpoint that model_from_checkpoint rebuilds the model from (train.py adds its state)."""
-    return {"format": CHECKPOINT_FORMAT, "model": {"name": model.name, "config": model.config},
+    return {"format": FORMAT, "model": {"name": model.name, "config": model.config},
             "state_dict": model.state_dict(), "classes": model.classes, "preprocess": model.preprocess}
 
 
-TRAINING_STATE = ("epoch", "optimizer", "scheduler", "scaler", "metrics", "best_acc", "args")  # what --resume reads
+OPTIMISATION = ("optimizer", "scheduler", "scaler")  # the training objects whose state a checkpoint holds
+TRAINING_STATE = (*OPTIMISATION, "epoch", "metrics", "best_acc")  # what --resume reads, beside the settings
 
 
-def training_checkpoint(model, optimizer, scheduler, scaler, *, epoch, metrics, best_acc, args, commit, world=1):
-    """model_checkpoint plus what --resume needs: epochs done, optimiser, schedule, gradient scaler, metrics,
-    best test accuracy, the run's arguments, the project's git commit and the number of processes (torchrun's: each
-    deals its own share of the data, so the number decides the order)."""
-    return {**model_checkpoint(model), "epoch": epoch, "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "metrics": metrics, "best_acc": best_acc, "args": vars(args), "git_commit": commit, "world_size": world}
+def training_checkpoint(model, objects, progress, settings, commit, world=1):
+    """model_checkpoint plus what --resume needs: the state of the OPTIMISATION `objects` (a dict of them; a gradient
+    scaler that does nothing has none), the `progress` (epoch, metrics, best_acc), the run's settings as plain data,
+    the project's git commit and the number of processes (torchrun's: each deals its own share of the data, so the
+    number decides the order)."""
+    states = {k: o.state_dict() if k != "scaler" or o.is_enabled() else None for k, o in objects.items()}
+    return {**model_checkpoint(model), **states, **progress, "settings": as_data(settings), "git_commit": commit,
+            "world_size": world}
 
 
-def restore_training(ckpt, optimizer, scheduler, scaler):
-    """Load a training_checkpoint's state into optimizer, scheduler and scaler -> (metrics, best_acc, epoch)."""
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    if ckpt["scaler"]:
-        scaler.load_state_dict(ckpt["scaler"])
+def restore_training(ckpt, objects):
+    """Load a training_checkpoint's state into the OPTIMISATION `objects` -> its progress: (metrics, best_acc,
+    epoch)."""
+    for key, obj in objects.items():
+        if ckpt[key] is not None:
+            obj.load_state_dict(ckpt[key])
     return list(ckpt["metrics"]), ckpt["best_acc"], ckpt["epoch"]
+
+
+def open_run(path):
+    """The checkpoint of a run to --resume and the run's settings (vit.settings.saved_settings); one line for a file
+    that holds a model but no run to continue."""
+    ckpt = load_checkpoint(path)
+    settings = saved_settings(ckpt)
+    missing = [k for k in TRAINING_STATE if k not in ckpt] + (["settings"] if settings is None else [])
+    if missing:  # e.g. model_checkpoint's file: a model, but no run to continue
+        raise UserError(f"{path}: holds a model but not the training state that --resume continues "
+                        f"({', '.join(missing)} missing); start a new run from its weights: --pretrained {quoted(path)}")
+    return ckpt, settings
 
 
 def run_files(out_dir, name):
@@ -209,40 +189,6 @@ def check_run_files(last, best, resume=None):
     elif not last.exists() and Path(resume).resolve() != best.resolve():  # moved, copied or renamed
         raise UserError(f"{resume}: resuming writes the run {last.stem} to {last}, which this file is not; put it back "
                         f"there, or start a new run from its weights: --pretrained {quoted(resume)}")
-
-
-def resumed_args(ckpt, args, keep, given=()):
-    """The checkpointed run's arguments, except the flags named in `keep`, which come from `args` (this command
-    line); files go on being written next to the checkpoint (run_files). Also the flags of `given` (those this
-    command line set) that the run does not take, as its own value differs: -> (arguments, names of the ignored
-    ones)."""
-    saved = {"trivial_augment": 1.0, **ckpt["args"]}  # runs saved before that flag used it on every image
-    resumed = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in keep}, "resume": args.resume})
-    resumed.out_dir = str(Path(args.resume).resolve().parent.parent)  # run_files' OUT of OUT/models/RUN.pt
-    mine = dict(vars(args))
-    if mine.get("data"):  # a path or a dataset name -> the folder, resolved, as train.py saves it
-        from vit.data import dataset_folder  # vit.data imports this module
-        mine["data"] = str(dataset_folder(mine["data"]).resolve())
-    return resumed, [k for k in given if k not in (*keep, "resume") and mine[k] != saved.get(k)]
-
-
-def resume_settings(ckpt, args, given, resumable, movable):
-    """--resume's arguments: the run's own, except the flags of `resumable` (this session's where given; stop_after
-    always) and of `movable` that this command line gives (`given`, e.g. the same images in a new folder); refuses
-    a run whose images are gone, and a checkpoint without a run's training state -> (arguments, the given flags that
-    the run does not take: resumed_args)."""
-    missing = [k for k in TRAINING_STATE if k not in ckpt]
-    if missing:  # e.g. model_checkpoint's file: a model, but no run to continue
-        raise UserError(f"{args.resume}: holds a model but not the training state that --resume continues "
-                        f"({', '.join(missing)} missing); start a new run from its weights: "
-                        f"--pretrained {quoted(args.resume)}")
-    moved = tuple(k for k in movable if k in given)
-    changed = tuple(k for k in resumable if k in given or k == "stop_after" or k not in ckpt["args"])
-    resumed, ignored = resumed_args(ckpt, args, changed + moved, given)
-    if "data" not in moved and not Path(resumed.data).is_dir():
-        raise UserError(f"{resumed.data}: the run's images are no longer there; if they have moved, resume with "
-                        f"--resume {quoted(args.resume)} --data NEW_FOLDER")
-    return resumed, ignored
 
 
 def model_from_checkpoint(ckpt):
@@ -274,17 +220,18 @@ def load_model(model_path=None, pretrained=None):
     Table 1 model of its shapes (a copy of torchvision's brings ImageNet's classes). Its model.classes may be None."""
     if model_path:
         return model_from_checkpoint(model_path).eval(), model_path
-    if pretrained is True:
-        return build_model("vit_b_16", pretrained=True).eval(), "vit_b_16 (torchvision ImageNet weights)"
-    if is_checkpoint(obj := safe_load(pretrained)):
-        return model_from_checkpoint(dict(obj, path=pretrained)).eval(), pretrained
-    flags = flags_of(obj)  # from the file as loaded, not read again
-    del obj  # build_model reads the file itself: not two copies of the weights at once
+    source = open_weights(pretrained)  # the file read once
+    if source.checkpoint is not None:
+        return model_from_checkpoint(source.checkpoint).eval(), pretrained
+    flags, head = source.flags, source.state_dict.get("head.weight")
+    if head is not None:  # the weights' own head, classes and all
+        flags["num_classes"] = len(head)
     try:
-        model = build_model(flags.pop("model", "vit_b_16"), pretrained=pretrained, **flags)
+        model = build_model(flags.pop("model", "vit_b_16"), pretrained=source, **flags)
     except ValueError as e:
         raise UserError(f"{pretrained}: {e}") from None
-    return model.eval(), pretrained
+    label = "vit_b_16 (torchvision ImageNet weights)" if pretrained is True else pretrained
+    return model.eval(), label
 
 
 def git_commit():

@@ -1,4 +1,5 @@
 """Choosing the device from a --device flag (train.py and predict.py) and its training precision."""
+import os
 from contextlib import nullcontext
 
 import torch
@@ -42,3 +43,11 @@ def mixed_precision(device, precision="auto"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
     return autocast, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+
+def physical_memory():
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None

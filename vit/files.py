@@ -1,6 +1,6 @@
 """Files written atomically: a temporary file beside the target, then one rename, so a crash or Ctrl-C mid-write
-leaves the previous file whole. Every file train.py and predict.py write goes through here (kept apart from
-vit.checkpoint so that saving a figure does not import torchvision)."""
+leaves the previous file whole. Every file train.py and predict.py write goes through here, torch.save's too (torch is
+imported only for those, so that saving a figure does not load it)."""
 import os
 import tempfile
 from pathlib import Path
@@ -53,3 +53,16 @@ def write_text(path, text):
     """A text file (JSON, CSV), written atomically, its line endings as given."""
     # UTF-8; file names that are not (os.fsdecode's surrogates) keep their own bytes
     replace_atomically(path, lambda tmp: Path(tmp).write_text(text, "utf-8", "surrogateescape", newline=""))
+
+
+def save_atomically(obj, path):
+    """torch.save, written atomically (replace_atomically). Through a Python file object: given a file name,
+    torch.save holds the GIL for 0.2-0.3 s as it opens and again as it closes the file, which stalls the training
+    loop while CheckpointWriter's thread writes (bench/checkpoint.py), and reports a full disk as a RuntimeError
+    that names no cause; a file object's OSError becomes replace_atomically's one-line message."""
+    import torch  # here: vit.compare writes its files without loading torch
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+    replace_atomically(path, write)

@@ -11,9 +11,11 @@ first --max-images are preprocessed as predict.py does. Unreadable images are re
 the exit status is then 2.
 """
 from vit.errors import interrupt_quietly
+from vit.threads import share_cores
 
 if __name__ == "__main__":  # first: Ctrl-C while torch imports (seconds) is one line, not a traceback
     interrupt_quietly()
+    share_cores()  # OpenMP threads that sleep soon when they wait (vit/threads.py)
 
 import argparse
 import json
@@ -26,7 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from vit.checkpoint import load_model
-from vit.data import eval_batches, expand_inputs
+from vit.folders import expand_inputs
+from vit.decoding import eval_batches
 from vit.device import pick_device
 from vit.errors import UserError, bounded, exit_status, nonempty, printable_output
 from vit.files import write_text
@@ -81,7 +84,7 @@ def mean_attention_distance(attentions, grid, patch_size):
 
 @torch.no_grad()
 def images_attention_distance(model, paths, device, batch_size, failures):
-    """mean_attention_distance over the images at paths, preprocessed as predict.py does (vit.data.eval_batches) ->
+    """mean_attention_distance over the images at paths, preprocessed as predict.py does (vit.decoding.eval_batches) ->
     ((layers, heads) in pixels, the paths used). An unreadable image is reported, added to failures and skipped."""
     model.eval()
     total, used = 0, []
@@ -147,7 +150,7 @@ def plot_attention_distance(distances, path, images):
 
 
 def image_paths(inputs, limit):
-    """The first `limit` images of --images (files, folders searched recursively, globs: vit.data.expand_inputs); a
+    """The first `limit` images of --images (files, folders searched recursively, globs: vit.folders.expand_inputs); a
     folder or glob without images, or a path that is not there, is a UserError."""
     paths, failures, _ = expand_inputs(inputs)
     if failures:

@@ -1,24 +1,28 @@
 """A training run's batches, from the image folders: each image decoded once, then one of three paths: augmented per
 image in DataLoader workers, per batch on the training device (vit/augment.py), or, with --freeze, not at all (the
 frozen backbone's features of every image, computed once). Test images are preprocessed once in every path."""
+import os
 import time
+from dataclasses import replace
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from vit import augment, data
+from vit import augment
+from vit.cache import load_split, map_parts
+from vit.transforms import eval_normalise, eval_transform, train_transform
 from vit.distributed import gather_shares, log, master_first
 from vit.errors import UserError
 
 
 def decode_splits(splits, preprocess, cache_dir):
-    """{"train": Decoded, "test": Decoded} of `splits` (data.find_splits), shorter sides resized as `preprocess` (the
+    """{"train": Decoded, "test": Decoded} of `splits` (find_splits), shorter sides resized as `preprocess` (the
     model's) says, rank 0 first: it decodes and fills the cache, the others then read it. Says what each split
     holds."""
     with master_first():
-        decoded = {split: data.load_split(d, splits.classes, preprocess, cache_dir)
-                   for split, d in (("train", splits.train_dir), ("test", splits.test_dir))}
+        decoded = {"train": load_split(splits.train_dir, splits.classes, preprocess, cache_dir),
+                   "test": load_split(splits.test_dir, splits.classes, preprocess, cache_dir, files=splits.test_files)}
     for (split, dec), folder in zip(decoded.items(), (splits.train_dir, splits.test_dir)):
         notes = "".join(f"; {note}" for note in ("read from the cache" if dec.cached else "", dec.non_images) if note)
         log(f"data: {split}: {len(dec.images)} images in {len(splits.classes)} classes from {folder}{notes}")
@@ -52,19 +56,22 @@ def augment_on_device(decoded, mode, device):
     return on_device
 
 
-def make_loaders(decoded, model, args, generator, device, world, rank, autocast, workers_given=False):
+def make_loaders(decoded, model, settings, generator, place, autocast):
     """(training batches, test batches, what prepares a test batch for the model, the DistributedSampler to set every
-    epoch or None) from train.py's settings `args`; the training order draws from `generator`, and this process
-    (`rank` of `world`) takes its share of the training batches and of the test images."""
+    epoch or None) from the run's settings (vit.settings); the training order draws from `generator`, and this
+    process (`place`: device, rank of world) takes its share of the training batches and of the test images."""
+    args, (device, world, rank) = settings, place
+    if args.workers is None:  # the device's default
+        args = replace(args, workers=0 if device.type == "cpu" else min(8, os.cpu_count()))
     pre, per_process, pin_memory = model.preprocess, args.batch_size // world, device.type == "cuda"
-    train_set = data.ImageDataset(decoded["train"], data.train_transform(model.image_size, pre["mean"], pre["std"],
+    train_set = ImageDataset(decoded["train"], train_transform(model.image_size, pre["mean"], pre["std"],
                                                                          trivial_augment=args.trivial_augment))
     # evaluation preprocessing is the same every epoch: done once, kept as uint8 crops, normalised per batch
-    test_set = data.eval_images(decoded["test"], pre, range(rank, len(decoded["test"].images), world), args.workers)
-    normalise = data.eval_normalise(pre)
+    test_set = eval_images(decoded["test"], pre, range(rank, len(decoded["test"].images), world), args.workers)
+    normalise = eval_normalise(pre)
     if args.freeze:  # the frozen backbone sees every image once; epochs then train the head on the features
         t0, n = time.perf_counter(), len(decoded["train"].images)
-        crops = data.ImageDataset(decoded["train"], data.eval_transform(pre, normalise=False))  # streamed, not kept
+        crops = ImageDataset(decoded["train"], eval_transform(pre, normalise=False))  # streamed, not kept
         mine = features(model, Subset(crops, range(rank, n, world)), normalise, 2 * args.batch_size, args.workers,
                         device, autocast)  # each process its share of the training images, then everyone's
         train_set = TensorDataset(*(gather_shares(t, n) for t in mine.tensors))
@@ -79,12 +86,90 @@ def make_loaders(decoded, model, args, generator, device, world, rank, autocast,
                                              trivial_augment=args.trivial_augment).to(device)
         train_loader = augment.DeviceLoader(decoded["train"], batch_augment, per_process, device, generator, world,
                                             rank)
-        idle = "; --workers only prepares the test images" if workers_given else ""  # no per-image work left
+        idle = "; --workers only prepares the test images" if settings.workers is not None else ""  # nothing else
         log(f"augment: whole batches on {device} (vit/augment.py){idle}")
     else:  # per image, in the DataLoader's workers (features: in this process, nothing to augment)
         sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else None
         order = sampler or RandomSampler(train_set, generator=generator)
-        train_loader = data.train_loader(train_set, per_process, order, generator, 0 if args.freeze else args.workers,
+        train_loader = shuffled_loader(train_set, per_process, order, generator, 0 if args.freeze else args.workers,
                                          pin_memory)
     test_loader = DataLoader(test_set, batch_size=2 * args.batch_size, pin_memory=pin_memory)
     return train_loader, test_loader, normalise, sampler
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decoded images as a Dataset of (transform(image), label); an index (seed, i) from SeededOrder seeds torch's
+    random numbers for image i first."""
+
+    def __init__(self, decoded, transform):
+        self.decoded, self.transform = decoded, transform
+
+    def __len__(self):
+        return len(self.decoded.images)
+
+    def __getitem__(self, i):
+        if isinstance(i, tuple):  # (seed, index) from SeededOrder
+            seed, i = i
+            torch.manual_seed(seed)
+        return self.transform(self.decoded.images[i]), self.decoded.labels[i]
+
+    def __getstate__(self):  # to a spawned worker: the names of the cache files, which it maps, not the images
+        return dict(vars(self), decoded=replace(self.decoded, images=None)) if self.decoded.parts else vars(self)
+
+    def __setstate__(self, state):
+        vars(self).update(state)
+        if self.decoded.images is None:
+            self.decoded.images = map_parts(self.decoded.parts)
+
+
+class SeededOrder(torch.utils.data.Sampler):
+    """(seed, index) for each index of a sampler over n images, with a seed per image (not per place: under torchrun
+    the ranks' orders share a generator) drawn from `generator` after the order: DataLoader workers then augment each
+    image from its own seed, so they can be started once (persistent) and an epoch still depends only on the
+    generator (train_loader)."""
+
+    def __init__(self, order, generator, n):
+        self.order, self.generator, self.n = order, generator, n
+
+    def __len__(self):
+        return len(self.order)
+
+    def __iter__(self):  # drawn when the first index is asked for, as RandomSampler draws its order
+        indices = list(self.order)
+        seeds = torch.randint(2**62, (self.n,), generator=self.generator).tolist()
+        yield from ((seeds[i], i) for i in indices)
+
+
+def seed_epoch(seed, epoch, rank, generator, sampler=None):
+    """Seed an epoch's randomness from (seed, epoch) alone, so that a resumed run repeats it exactly: the process's
+    own (dropout, Mixup/CutMix: one stream per rank), the data order's `generator`, and a DistributedSampler's
+    shuffle (without set_epoch it repeats epoch 0's order every epoch)."""
+    torch.manual_seed(seed + 10_000 * epoch + rank)
+    generator.manual_seed(seed + epoch)
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+
+
+def shuffled_loader(dataset, batch_size, order, generator, workers, pin_memory):
+    """Batches of `dataset` in the order of the sampler `order`. In the process itself as DataLoader(shuffle=True,
+    generator=generator) draws them; with workers, those are started once (persistent: under spawn, the start
+    method of macOS and Windows, each start imports torch again, seconds an epoch) and seeded per image from
+    generator (SeededOrder)."""
+    if not workers:
+        return torch.utils.data.DataLoader(dataset, batch_size, sampler=order, generator=generator,
+                                           pin_memory=pin_memory)
+    return torch.utils.data.DataLoader(dataset, batch_size, sampler=SeededOrder(order, generator, len(dataset)),
+                                       num_workers=workers, persistent_workers=True, pin_memory=pin_memory,
+                                       generator=torch.Generator())  # only for the workers' own seeds: unused
+
+
+def eval_images(decoded, preprocess, indices=None, workers=0):
+    """TensorDataset of uint8 (3, crop, crop) evaluation crops and labels, of `indices` (default: all).
+
+    Evaluation preprocessing is the same every epoch, so train.py does it once, not in workers every epoch.
+    """
+    dataset = ImageDataset(decoded, eval_transform(preprocess, normalise=False))
+    loader = torch.utils.data.DataLoader(dataset if indices is None else torch.utils.data.Subset(dataset, indices),
+                                         batch_size=256, num_workers=workers)
+    batches = list(loader) or [(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))]
+    return torch.utils.data.TensorDataset(*(torch.cat(parts) for parts in zip(*batches)))

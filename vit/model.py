@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.ops import StochasticDepth
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -50,11 +51,11 @@ class PatchEmbedding(nn.Module):
             elif x.shape[-1] == x.shape[-2]:
                 fix = f"resize the images or build the model with image_size={x.shape[-1]}"
             else:
-                fix = f"resize and crop them to {s} x {s} px, e.g. with vit.data.eval_transform(model.preprocess)"
+                fix = f"resize and crop them to {s} x {s} px, e.g. with vit.transforms.eval_transform(model.preprocess)"
             raise ValueError(f"expected images of shape (batch, 3, {s}, {s}), got {tuple(x.shape)}; {fix}")
         if not x.is_floating_point():
             raise ValueError(f"expected float images, got {x.dtype}; scale and normalise them as "
-                             "vit.data.eval_transform(model.preprocess) does")
+                             "vit.transforms.eval_transform(model.preprocess) does")
         x = self.stem(x)
         if self.proj.kernel_size == (1, 1):  # the hybrid: E on each position of the CNN's feature map
             x = self.proj(x).flatten(2).transpose(1, 2)
@@ -136,20 +137,6 @@ class MLP(nn.Module):
         return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
 
 
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016): drop a sample's whole residual branch in training."""
-
-    def __init__(self, p=0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty(x.shape[0], 1, 1).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
 class Block(nn.Module):
     """Encoder block, Eq. 2-3: z' = MSA(LN(z)) + z, then z = MLP(LN(z')) + z'."""
 
@@ -159,7 +146,8 @@ class Block(nn.Module):
         self.attn = Attention(hidden_dim, num_heads, attention_dropout)
         self.norm2 = nn.LayerNorm(hidden_dim, eps=1e-6)
         self.mlp = MLP(hidden_dim, mlp_dim, dropout)
-        self.dropout, self.drop_path = nn.Dropout(dropout), DropPath(drop_path)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path = StochasticDepth(drop_path, "row")  # Huang et al. 2016: a sample's whole branch dropped
 
     def forward(self, x, return_attn=False):
         a, attn = self.attn(self.norm1(x), return_attn)
@@ -246,31 +234,3 @@ def model_config(name, **overrides):
     if unknown:
         raise TypeError(f"unknown override(s) {sorted(unknown)} for build_model")
     return dict(config, **overrides)
-
-
-def build_model(name, *, num_classes=1000, image_size=None, pretrained=False, classes=None, **overrides):
-    """A Table 1 model by name; pretrained=True for torchvision's weights, or a path to a weights file. `classes`
-    (names, num_classes of them) keeps a pretrained head only where the weights name the same classes in order.
-
-    overrides take torchvision's argument names (patch_size, num_layers, num_heads, hidden_dim,
-    mlp_dim) plus dropout, attention_dropout, drop_path and stem ("patch", or "conv" for Sec. 3.1's hybrid).
-    """
-    from vit import weights  # weights imports this module
-
-    config = model_config(name, **overrides)
-    source = weights.find_pretrained(name, pretrained) if pretrained else None
-    if image_size is None:
-        image_size = source.image_size if source else 224
-    if config.get("stem") == "conv" and image_size == config["patch_size"]:
-        # batch norm over a 1 x 1 map fails on a batch of one image (an epoch's last); checked for new models only,
-        # so that checkpoints made before still load
-        raise ValueError(f"image_size {image_size} is one patch of {config['patch_size']} px; the conv stem needs at "
-                         "least 2 x 2: use a smaller patch_size")
-    model = VisionTransformer(image_size=image_size, num_classes=num_classes, **config)
-    model.name = name
-    if source:
-        weights.load_pretrained(model, source, classes)
-        model.weights_from = source.source  # e.g. "torchvision ViT_B_16_Weights.IMAGENET1K_V1", or the file
-    if classes is not None:
-        model.classes = list(classes)
-    return model

@@ -1,4 +1,5 @@
-"""Pretrained weights: torchvision's ImageNet weights (through its weights API) or a local file.
+"""Pretrained weights: torchvision's ImageNet weights (through its weights API) or a local file, each opened once
+(open_weights), and build_model, which builds a Table 1 model from random weights or from them.
 
 torchvision's parameter names are mapped onto ours once, here; position embeddings are
 interpolated when the image size changes (the paper's Section 3.2, fine-tuning at higher resolution).
@@ -13,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
+from torchvision.models.vision_transformer import interpolate_embeddings
 
 from vit.errors import UserError
-from vit.model import CONFIGS
-
-CHECKPOINT_FORMAT = "vit-checkpoint-1"
+from vit.model import CONFIGS, SHAPE_FLAGS, VisionTransformer, model_config
+from vit.settings import FORMATS, saved_settings
 
 # torchvision's VisionTransformer names -> ours (see vit/model.py)
 _TORCHVISION_NAMES = [
@@ -40,11 +40,30 @@ _TORCHVISION_NAMES = [
 
 @dataclass
 class Pretrained:
-    """A state dict in our names, and what it knows about its preprocessing and classes."""
+    """Weights opened once (open_weights): a state dict in our names, and what is known of their preprocessing,
+    classes and model."""
     state_dict: dict
     source: str  # a path or torchvision's weights name, for messages
     preprocess: dict = None
     classes: list = None
+    checkpoint: dict = None  # the whole checkpoint, where the file is one of train.py's
+
+    @property
+    def flags(self):
+        """build_model's name and shape arguments for these weights: a checkpoint's own, else the Table 1 model of
+        the state dict's shapes (table1_flags), or {}."""
+        if self.checkpoint is None:
+            return table1_flags(self.state_dict)
+        model = self.checkpoint.get("model")
+        if not isinstance(model, dict) or not model.get("name") or not isinstance(model.get("config"), dict):
+            return {}
+        return {"model": model["name"], **{k: v for k, v in model["config"].items() if k in SHAPE_FLAGS}}
+
+    @property
+    def from_scratch(self):
+        """Whether the weights are a checkpoint of a train.py run from random weights (transfer has its own recipe)."""
+        run = saved_settings(self.checkpoint) if self.checkpoint is not None else None
+        return run is not None and not run.pretrained
 
     @property
     def image_size(self):
@@ -83,8 +102,8 @@ def safe_load(path, mmap=False):
 
 
 def is_checkpoint(obj):
-    """Whether a loaded file is one of train.py's checkpoints."""
-    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+    """Whether a loaded file is one of train.py's checkpoints (of a format this code reads)."""
+    return isinstance(obj, dict) and obj.get("format") in FORMATS
 
 
 def from_torchvision(state_dict):
@@ -97,16 +116,23 @@ def from_torchvision(state_dict):
     return renamed
 
 
-def find_pretrained(name, pretrained):
-    """pretrained=True: torchvision's default weights for `name`; otherwise a path to a local file."""
+def open_weights(pretrained, name="vit_b_16"):
+    """The weights of --pretrained, read once, one branch per kind: True: torchvision's ImageNet weights for `name`
+    (downloaded into its cache); a path: a checkpoint of train.py, a copy of torchvision's weights file, or a state
+    dict in our names."""
+    if isinstance(pretrained, Pretrained):
+        return pretrained
     if pretrained is True:
         return _torchvision_weights(name)
     obj = safe_load(pretrained)
     if is_checkpoint(obj):
-        return Pretrained(obj["state_dict"], str(pretrained), obj.get("preprocess"), obj.get("classes"))
+        obj["path"] = str(pretrained)
+        return Pretrained(obj["state_dict"], str(pretrained), obj.get("preprocess"), obj.get("classes"), obj)
     if isinstance(obj, dict) and "conv_proj.weight" in obj:  # a copy of torchvision's weights: their classes too
         state_dict = from_torchvision(obj)
-        return Pretrained(state_dict, str(pretrained), *_meta_of_file(name, pretrained, state_dict))
+        own = table1_flags(state_dict).get("model", name)  # the weights of the model of its shapes, else of `name`
+        meta = _meta_of_file(own, pretrained, state_dict)
+        return Pretrained(state_dict, str(pretrained), *(meta if meta[0] else _meta_of_file(name, pretrained, state_dict)))
     if isinstance(obj, dict) and "embed.proj.weight" in obj:
         return Pretrained(obj, str(pretrained))
     raise UserError(f"{pretrained}: not a ViT state dict (neither torchvision's nor this project's); "
@@ -163,16 +189,10 @@ def _meta_of_file(name, path, state_dict):
 
 
 def interpolate_pos_embed(pos_embed, grid_size):
-    """Sec. 3.2: resize (1, 1 + g*g, D) position embeddings to a new patch grid, bicubic with the corner patches'
-    embeddings kept (align_corners, as torchvision's interpolate_embeddings); the class token's is kept aside."""
-    old = math.isqrt(pos_embed.shape[1] - 1)
-    if old == grid_size:
-        return pos_embed
-    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
-    grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=(grid_size, grid_size), mode="bicubic", align_corners=True)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, -1).to(pos_embed.dtype)
-    return torch.cat([cls, grid], dim=1)
+    """Sec. 3.2: resize (1, 1 + g*g, D) position embeddings to a new patch grid: torchvision's interpolate_embeddings
+    (bicubic, the corner patches' embeddings kept, the class token's aside), in float32 (bicubic needs it on a CPU)."""
+    state = interpolate_embeddings(grid_size, 1, {"encoder.pos_embedding": pos_embed.float()})  # 1 px "patches"
+    return state["encoder.pos_embedding"].to(pos_embed.dtype)
 
 
 def depth(state):
@@ -255,4 +275,30 @@ def load_pretrained(model, pretrained, classes=None):
         model.preprocess = dict(p, crop_size=model.image_size, resize_size=round(p["resize_size"] * scale))
     if not new_head and pretrained.classes:
         model.classes = list(pretrained.classes)
+    return model
+
+
+def build_model(name, *, num_classes=1000, image_size=None, pretrained=False, classes=None, **overrides):
+    """A Table 1 model by name; pretrained=True for torchvision's weights, or a path to a weights file. `classes`
+    (names, num_classes of them) keeps a pretrained head only where the weights name the same classes in order.
+
+    overrides take torchvision's argument names (patch_size, num_layers, num_heads, hidden_dim,
+    mlp_dim) plus dropout, attention_dropout, drop_path and stem ("patch", or "conv" for Sec. 3.1's hybrid).
+    """
+    config = model_config(name, **overrides)
+    source = open_weights(pretrained, name) if pretrained else None
+    if image_size is None:
+        image_size = source.image_size if source else 224
+    if config.get("stem") == "conv" and image_size == config["patch_size"]:
+        # batch norm over a 1 x 1 map fails on a batch of one image (an epoch's last); checked for new models only,
+        # so that checkpoints made before still load
+        raise ValueError(f"image_size {image_size} is one patch of {config['patch_size']} px; the conv stem needs at "
+                         "least 2 x 2: use a smaller patch_size")
+    model = VisionTransformer(image_size=image_size, num_classes=num_classes, **config)
+    model.name = name
+    if source:
+        load_pretrained(model, source, classes)
+        model.weights_from = source.source  # e.g. "torchvision ViT_B_16_Weights.IMAGENET1K_V1", or the file
+    if classes is not None:
+        model.classes = list(classes)
     return model

@@ -1,0 +1,51 @@
+"""Build data/tiny_imagenet_50k from the official Tiny ImageNet archive (Stanford CS231n).
+
+Takes exactly the files listed in data/tiny_imagenet_50k.txt.gz (250 training and 25 test photos of each of 201
+classes, drawn from a public copy of the archive) and hard-links them (copies where links are impossible) into
+<out>/{train,test}/<wnid>/<file>, with <out>/words.txt naming the classes. The official archive has 200 classes,
+the public copy 202 less pizza: up to two of the manifest's classes may be missing, and are named.
+
+    wget http://cs231n.stanford.edu/tiny-imagenet-200.zip && unzip tiny-imagenet-200.zip -d data/
+    python data/make_tiny_imagenet_50k.py
+"""
+import argparse
+import gzip
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a file: vit/ is found from the repository root
+
+from vit.errors import exit_status, nonempty, printable_output
+from vit.tiny_imagenet import make_subset
+
+MANIFEST = REPO / "data" / "tiny_imagenet_50k.txt.gz"
+
+
+def run(args):
+    """Build the folder; print what it holds and which classes of the manifest the archive lacks."""
+    with gzip.open(MANIFEST, "rt", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    missing = make_subset(args.source, lines, args.out)
+    out = Path(args.out)
+    classes = sorted(p.name for p in (out / "train").glob("*"))
+    counts = {split: sum(1 for _ in (out / split).glob("*/*")) for split in ("train", "test")}
+    print(f"{out}: {len(classes)} classes, {counts['train']} train and {counts['test']} test images")
+    if missing:
+        print(f"{len(missing)} classes of the manifest are not in this archive: {', '.join(missing)}; "
+              f"the folder has {len(classes)} classes")
+    return 0
+
+
+def main():
+    printable_output()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=nonempty, default=str(REPO / "data" / "tiny-imagenet-200"),
+                        help="the unpacked official archive (its tiny-imagenet-200 folder)")
+    parser.add_argument("--out", type=nonempty, default=str(REPO / "data" / "tiny_imagenet_50k"),
+                        help="the folder to make (absent or empty)")
+    return exit_status(run, parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
