@@ -30,16 +30,13 @@ parser.add_argument("--alone", metavar="GPU_JSON", help="bench/gpu.py --json out
 parser.add_argument("--no-checkpoint", action="store_true", help="write no checkpoints")
 args, train_args = parser.parse_known_args()
 train_args = [a for a in train_args if a != "--"]
-run = train.parse_args(train_args)
-if run.resume:  # its images and name are the checkpoint's, not these flags'
+given = train.parse_args(train_args)
+if "resume" in given:  # its images and name are the checkpoint's, not these flags'
     sys.exit("e2e.py: time a new run, not --resume (the images counted would be the default --data's)")
 if args.alone and not os.path.isfile(args.alone):
     sys.exit(f"e2e.py: {args.alone}: no such file; write it with bench/gpu.py --json")
-splits = folders.find_splits(folders.resolve_data(run.data))
-recipe = argparse.Namespace(**vars(run))  # the flags train.py will run with: its recipe fills the ones left out
-train.apply_recipe(recipe, splits, run.given)
-epochs = recipe.epochs
-if min(epochs, run.stop_after or epochs) < 3:  # said before the run, not after it
+run, _, _, splits = train.run_settings(given)  # the settings train.py will run with: its recipe's and the flags'
+if min(run.epochs, run.stop_after or run.epochs) < 3:  # said before the run, not after it
     sys.exit("e2e.py: run 3 epochs or more (--epochs, --stop-after): the first warms up, the last is not timed")
 n_train, n_test = (sum(folders.is_image(p) for p in folders.list_files(d)) for d in (splits.train_dir, splits.test_dir))
 
@@ -64,6 +61,6 @@ if args.alone:
     with open(args.alone) as f:
         alone = json.load(f)[0]
     share = f" | {(n_train / alone['train_img_s'] + n_test / alone['infer_img_s']) / median:.0%}"
-name = (run.name or "run") + (" (no checkpoints)" if args.no_checkpoint else "")
+name = given.get("name", "run") + (" (no checkpoints)" if args.no_checkpoint else "")
 print(f"| {name} | {' '.join(f'{s:.3f}' for s in seconds)} | {median:.3f} s | "
       f"{(n_train + n_test) / median:,.0f} img/s{share} |")

@@ -82,7 +82,8 @@ loader = vit.augment.DeviceLoader(Decoded(images, [i % 3 for i in range(n)], [""
 optimizer, scheduler = adamw_warmup_cosine(model, 3e-4, 0.05, 2, 100, fused=args.fused or device.type == "cuda")
 autocast, scaler = mixed_precision(device, args.precision)
 mix = mixing(3, p=args.mixup) if args.mixup > 0 else None
-settings = argparse.Namespace(label_smoothing=0.1, clip_grad=1.0)
+trainer = train.Trainer(model, model, optimizer, scheduler, scaler, mix, device, autocast, label_smoothing=0.1,
+                        clip_grad=1.0)
 copies, to_device = [0], vit.augment.to_device
 
 
@@ -92,7 +93,7 @@ def counting_to_device(t, dev):
 
 
 def epoch():
-    train.train_epoch(model, loader, optimizer, scheduler, scaler, mix, settings, device, autocast, desc="")
+    train.train_epoch(trainer, loader, desc="")
 
 
 vit.augment.to_device = counting_to_device

@@ -29,7 +29,7 @@ parser.add_argument("--epoch", type=int, help="the epoch to profile, from 1 (def
 parser.add_argument("--rows", type=int, default=20, help="operators to list")
 args, train_args = parser.parse_known_args()
 train_args = [a for a in train_args if a != "--"]
-stop_after = train.parse_args(train_args).stop_after
+stop_after = train.parse_args(train_args).get("stop_after")
 cuda = torch.cuda.is_available()
 original, epochs, syncs = train.train_epoch, [], collections.Counter()  # epochs: (K, N) of "epoch K/N" so far
 

@@ -51,7 +51,7 @@ def test_magnitudes_match_torchvision():
     table = magnitudes(31)
     assert len(OPS) == len(v2.TrivialAugmentWide._AUGMENTATION_SPACE) == 14
     for k, (name, (fn, signed)) in enumerate(v2.TrivialAugmentWide._AUGMENTATION_SPACE.items()):
-        assert OPS[k] == name and SPACE[name][2] == signed
+        assert OPS[k] == name and SPACE[name][1] == signed
         expected = fn(31, 32, 32)
         assert torch.equal(table[k], torch.zeros(31, dtype=torch.float64) if expected is None else expected.double())
 
@@ -82,7 +82,7 @@ def reference_op(image, name, magnitude):
 def test_op_matches_torchvision_per_sample(name):
     k = OPS.index(name)
     mags = magnitudes(31)[k, ::2]  # every other bin (first and last included), both signs, one sample each
-    mags = torch.cat([mags, -mags]) if SPACE[name][2] else mags
+    mags = torch.cat([mags, -mags]) if SPACE[name][1] else mags
     images = noise(len(mags), 3, 20, 20, seed=k)
     images[::3] //= 4  # some dark, low-contrast images for AutoContrast, Equalize and Contrast
     out = apply_ops(images, torch.full((len(mags),), k), mags)
@@ -162,6 +162,24 @@ def test_crop_boxes_follow_torchvision_distribution():
 
 
 # ---- the whole pipeline ----------------------------------------------------------------------------------------------
+
+def test_the_batch_version_is_built_from_the_per_image_steps_and_their_parameters():
+    """Each step is defined once (vit.transforms.train_transform): BatchAugment.from_transform reads its parameters,
+    so a change there reaches the batches on the device too, and a step without a batch version is refused."""
+    transform = train_transform(16, MEAN, STD, scale=(0.5, 0.9), trivial_augment=0.3, erase_p=0.1)
+    built = BatchAugment.from_transform(transform)
+    assert (built.image_size, built.scale, built.trivial_augment, built.erase_p, built.flip_p) == (16, (0.5, 0.9), 0.3,
+                                                                                                  0.1, 0.5)
+    assert torch.allclose(built.shift, BatchAugment(16, MEAN, STD).shift)  # Normalize's mean and std
+    batch, sizes = padded([noise(3, 20, 28, seed=s) for s in range(8)])
+    direct = BatchAugment(16, MEAN, STD, scale=(0.5, 0.9), trivial_augment=0.3, erase_p=0.1)
+    assert torch.equal(built(batch, sizes, torch.Generator().manual_seed(1)),
+                       direct(batch, sizes, torch.Generator().manual_seed(1)))
+    assert BatchAugment.from_transform(train_transform(16, MEAN, STD, trivial_augment=0.0)).trivial_augment == 0.0
+    with pytest.raises(ValueError, match="no batch version of ColorJitter; add one, or augment per image"):
+        BatchAugment.from_transform(v2.Compose([*transform.transforms, v2.ColorJitter(0.2)]))
+
+
 
 def test_samples_get_independent_parameters():
     batch, sizes = padded([noise(3, 24, 32)] * 16)

@@ -852,10 +852,10 @@ def test_only_rank_0_prints_even_before_the_process_group_exists(world, rank, ma
     assert capsys.readouterr().out == ("hello\n" if master else "")
     with pytest.raises(SystemExit) as exit_:  # a mistake every process finds is said once, by rank 0
         train.main(["--data", "/no/such/folder"])
-    assert exit_.value.code == 2 and capsys.readouterr().err == ("error: /no/such/folder: no such folder and not a "
-                                                                 "known dataset name (known: pizza_steak_sushi, tiny-imagenet-200); pass a "
-                                                                 "folder containing train/ and test/, or one of the "
-                                                                 "names\n" if master else "")
+    known = "pizza_steak_sushi, pizza_steak_sushi_20_percent, tiny-imagenet-200"
+    assert exit_.value.code == 2 and capsys.readouterr().err == (
+        f"error: /no/such/folder: no such folder and not a known dataset name (known: {known}); pass a folder "
+        "containing train/ and test/, or one of the names\n" if master else "")
 
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")

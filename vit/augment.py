@@ -1,4 +1,5 @@
-"""Training augmentation of whole batches on the training device, matching vit.transforms.train_transform op for op.
+"""Training augmentation of whole batches on the training device: vit.transforms.train_transform op for op, built from
+it (BatchAugment.from_transform reads its steps and their parameters).
 
 vit.transforms.train_transform runs per image in DataLoader workers, a few CPU milliseconds per image: on a GPU
 that starves the model. Here the decoded uint8 images stay on the device (DeviceImages) and BatchAugment
@@ -21,17 +22,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from vit.device import physical_memory
 
-SPACE = {  # op: (magnitude of the first bin, of the last bin, signed), torchvision's TrivialAugmentWide
-    "Identity": (0.0, 0.0, False), "ShearX": (0.0, 0.99, True), "ShearY": (0.0, 0.99, True),
-    "TranslateX": (0.0, 32.0, True), "TranslateY": (0.0, 32.0, True), "Rotate": (0.0, 135.0, True),
-    "Brightness": (0.0, 0.99, True), "Color": (0.0, 0.99, True), "Contrast": (0.0, 0.99, True),
-    "Sharpness": (0.0, 0.99, True), "Posterize": (8.0, 2.0, False), "Solarize": (1.0, 0.0, False),
-    "AutoContrast": (0.0, 0.0, False), "Equalize": (0.0, 0.0, False),
-}
+SPACE = v2.TrivialAugmentWide._AUGMENTATION_SPACE  # op: (magnitudes(bins, h, w) or None, signed): torchvision's
 OPS = tuple(SPACE)
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
@@ -45,10 +41,9 @@ def to_device(t, device):
 
 
 def magnitudes(bins=31):
-    """The (ops, bins) magnitude table, float32 linspaces as torchvision's (Posterize rounded to whole bits)."""
-    table = torch.stack([torch.linspace(lo, hi, bins) for lo, hi, _ in SPACE.values()]).double()
-    table[OPS.index("Posterize")].round_()
-    return table
+    """The (ops, bins) magnitude table, torchvision's (SPACE; zeros for the ops without a magnitude), as float64."""
+    rows = [fn(bins, 0, 0) for fn, _ in SPACE.values()]  # TrivialAugmentWide's magnitudes ignore the image's size
+    return torch.stack([torch.zeros(bins) if m is None else m.float() for m in rows]).double()
 
 
 def _proposals(areas, scale, ratio, generator, tries=10):
@@ -189,32 +184,59 @@ def box_masks(boxes, size):
 class BatchAugment(torch.nn.Module):
     """vit.transforms.train_transform for a batch: uint8 (B, 3, Hmax, Wmax) and true sizes (B, 2) -> float (B, 3, S, S).
 
-    trivial_augment is train_transform's; flip_p and ops (names from OPS to draw from) switch steps off in tests.
+    from_transform builds it from train_transform's own steps and their parameters; flip_p and ops (names from OPS to
+    draw from) switch steps off in tests.
     """
 
     def __init__(self, image_size, mean, std, scale=(0.35, 1.0), trivial_augment=1.0, erase_p=0.25, flip_p=0.5,
-                 ops=OPS, bins=31):
+                 ops=OPS, bins=31, ratio=(3 / 4, 4 / 3), erase_scale=(0.02, 0.33), erase_ratio=(0.3, 3.3)):
         super().__init__()
         self.image_size, self.trivial_augment = image_size, trivial_augment
         std = torch.tensor(std, dtype=torch.float64).view(3, 1, 1)  # Normalize of x / 255 as one multiply-add
         self.register_buffer("scale_255", (1 / (255 * std)).float(), persistent=False)
         self.register_buffer("shift", (-torch.tensor(mean).view(3, 1, 1) / std).float(), persistent=False)
-        self.scale, self.erase_p, self.flip_p = scale, erase_p, flip_p
+        self.scale, self.ratio, self.erase_p, self.flip_p = scale, ratio, erase_p, flip_p
+        self.erase_scale, self.erase_ratio = erase_scale, erase_ratio
         self.ops = torch.tensor([OPS.index(name) for name in ops])
-        self.table, self.signed = magnitudes(bins), torch.tensor([signed for *_, signed in SPACE.values()])
+        self.table, self.signed = magnitudes(bins), torch.tensor([signed for _, signed in SPACE.values()])
+
+    @classmethod
+    def from_transform(cls, transform):
+        """The batch version of a per-image v2.Compose of train_transform's kinds of step, with their parameters: a
+        step it has no batch version of is refused (add one here, or augment per image: --augment workers)."""
+        kw, steps = dict(trivial_augment=0.0, erase_p=0.0, flip_p=0.0), list(transform.transforms)
+        for step in steps:
+            if isinstance(step, v2.RandomApply) and [type(t) for t in step.transforms] == [v2.TrivialAugmentWide]:
+                kw.update(trivial_augment=step.p, bins=step.transforms[0].num_magnitude_bins)
+            elif isinstance(step, v2.TrivialAugmentWide):
+                kw.update(trivial_augment=1.0, bins=step.num_magnitude_bins)
+            elif isinstance(step, v2.RandomResizedCrop):
+                kw.update(image_size=step.size[0], scale=step.scale, ratio=step.ratio)
+            elif isinstance(step, v2.RandomHorizontalFlip):
+                kw.update(flip_p=step.p)
+            elif isinstance(step, v2.Normalize):
+                kw.update(mean=step.mean, std=step.std)
+            elif isinstance(step, v2.RandomErasing):
+                if step.value not in ([0.0], [0], 0):
+                    raise ValueError(f"vit.augment erases with 0 only, not {step.value}")
+                kw.update(erase_p=step.p, erase_scale=step.scale, erase_ratio=step.ratio)
+            elif not isinstance(step, (v2.ToImage, v2.ToDtype, v2.ToPureTensor)):  # the batch is made float anyway
+                raise ValueError(f"vit.augment has no batch version of {type(step).__name__}; add one, or augment "
+                                 "per image (--augment workers)")
+        return cls(**kw)
 
     def forward(self, images, sizes, generator=None):
         """Each image's valid region is its top-left sizes[i] = (h, w); random numbers come from `generator` (CPU)."""
         n, size, g = len(images), self.image_size, generator
         sizes = sizes.cpu()
-        top, left, h, w = crop_boxes(sizes, self.scale, generator=g)
+        top, left, h, w = crop_boxes(sizes, self.scale, self.ratio, generator=g)
         flip = torch.rand(n, generator=g) < self.flip_p
         ops = self.ops[torch.randint(len(self.ops), (n,), generator=g)]
         if self.trivial_augment < 1:  # the images that get no TrivialAugment op get Identity
             ops[torch.rand(n, generator=g) >= self.trivial_augment] = OPS.index("Identity")
         mags = self.table[ops, torch.randint(self.table.shape[1], (n,), generator=g)]
         negate = self.signed[ops] & (torch.rand(n, generator=g) <= 0.5)
-        erase = erase_boxes(n, size, self.erase_p, g)
+        erase = erase_boxes(n, size, self.erase_p, g, self.erase_scale, self.erase_ratio)
         # every per-sample number the device needs, in one copy: sizes, crop box, flip, erasing box
         params = torch.stack([*sizes.unbind(1), torch.arange(n), left, top, left + w, top + h, flip, *erase], 1)
         params = to_device(params.float(), images.device)  # whole numbers, exact in float32 up to 2^24

@@ -22,10 +22,11 @@ from vit import tiny_imagenet
 from vit.errors import UserError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # bundled data and downloads live here
+COURSE = "https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data"  # the reference's photos
 DATASETS = {  # names accepted by --data that are downloaded once into data/<name>: (url, MD5, what the folder holds)
     # the reference's 225 + 75 photos; no MD5: the archive is a file in a git repository, which publishes none
-    "pizza_steak_sushi": ("https://github.com/mrdbourke/pytorch-deep-learning/raw/main/data/pizza_steak_sushi.zip",
-                          None, None),
+    "pizza_steak_sushi": (f"{COURSE}/pizza_steak_sushi.zip", None, None),
+    "pizza_steak_sushi_20_percent": (f"{COURSE}/pizza_steak_sushi_20_percent.zip", None, None),  # 450 + 150
     "tiny-imagenet-200": (tiny_imagenet.URL, tiny_imagenet.MD5, tiny_imagenet.is_layout),  # CS231n's 200 classes
 }
 NO_IMAGES = f"no images ({' '.join(IMG_EXTENSIONS)}); add images or remove the class folder"

@@ -82,8 +82,7 @@ def make_loaders(decoded, model, settings, generator, place, autocast):
             f"in {time.perf_counter() - t0:.1f}s")
     sampler = None
     if not args.freeze and augment_on_device(decoded["train"], args.augment, device):  # images stay on the device
-        batch_augment = augment.BatchAugment(model.image_size, pre["mean"], pre["std"],
-                                             trivial_augment=args.trivial_augment).to(device)
+        batch_augment = augment.BatchAugment.from_transform(train_set.transform).to(device)  # the same steps
         train_loader = augment.DeviceLoader(decoded["train"], batch_augment, per_process, device, generator, world,
                                             rank)
         idle = "; --workers only prepares the test images" if settings.workers is not None else ""  # nothing else
