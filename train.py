@@ -42,7 +42,7 @@ from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, data_parallel, init_processes, is_master, log, own_share, share_buffers
 from vit.errors import UserError, bounded, file_name, nonempty, printable_output
 from vit.files import make_folders, write_text
-from vit.folders import dataset_folder, find_splits, resolve_data, typical_size
+from vit.folders import DATASETS, dataset_folder, find_splits, resolve_data, typical_size
 from vit.loaders import decode_splits, make_loaders, seed_epoch
 from vit.metrics import evaluate
 from vit.model import list_models
@@ -143,8 +143,8 @@ def parse_args(argv=None):
                                 argument_default=argparse.SUPPRESS)
     d = recipe_defaults
     count, share, amount = bounded(int, 1), bounded(float, 0, 1), bounded(float, 0)  # the flags' types and ranges
-    p.add_argument("--data", type=nonempty, metavar="ROOT",
-                   help="dataset folder, or a known name (pizza_steak_sushi); default: bundled fashion set")
+    p.add_argument("--data", type=nonempty, metavar="ROOT", help=f"dataset folder, or a known name, downloaded once "
+                   f"into data/ ({', '.join(DATASETS)}); default: the bundled fashion set")
     p.add_argument("--model", choices=list_models(), metavar="NAME", help=f"{', '.join(list_models())} ({d('model')})")
     p.add_argument("--pretrained", nargs="?", const=True, metavar="PATH",
                    help="start from torchvision's ImageNet weights (downloaded), or from PATH: a copy of their file, "
@@ -386,7 +386,8 @@ def train(given):
         log(f"note: --warmup-epochs {settings.warmup_epochs:g} spans the whole run (--epochs {settings.epochs}): the "
             f"learning rate never reaches --lr {settings.lr:g}; shorten it (--warmup-epochs) for a short run")
     n_params = sum(p.numel() for p in model.parameters())
-    start = f"pretrained {getattr(model, 'weights_from', settings.pretrained)}" if settings.pretrained else "from scratch"
+    start = f"pretrained {getattr(model, 'weights_from', settings.pretrained)}" if settings.pretrained else \
+        "from scratch"
     log(f"model: {settings.model} {model.image_size}px patch {model.patch_size}, {n_params / 1e6:.2f}M parameters, "
         f"{start}, training {'the head only' if settings.freeze else 'all weights'}")
     processes = f" x {world} processes" if world > 1 else ""

@@ -270,3 +270,9 @@ def test_the_script_builds_the_folder_and_names_the_missing_classes(tmp_path):
     result = subprocess.run([*script, "--out", str(tmp_path / "out")], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    # --per-class N: the first N training photos of each class in the manifest's order, every test photo
+    result = subprocess.run([*script, "--out", str(tmp_path / "few"), "--per-class", "3"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0 and "2 classes, 6 train and 50 test images" in result.stdout, result.stderr
+    for wnid in kept:
+        assert sorted(p.name for p in (tmp_path / "few" / "train" / wnid).iterdir()) == sorted(train[wnid])[:3]

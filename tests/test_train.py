@@ -138,6 +138,16 @@ def test_loss_falls_and_accuracy_rises(reference, dataset):
     assert metrics[-1]["test_acc"] >= 0.9
 
 
+def test_threads_change_speed_not_results(reference, dataset, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        train.main(flags(dataset, tmp_path, "--epochs", "4", "--lr", "2e-3", "--name", "ref", "--threads", "1"))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(read_metrics(tmp_path, "ref"), read_metrics(reference[0], "ref")):  # to the last digit
+        assert {k: a[k] for k in KEYS - {"seconds"}} == {k: b[k] for k in KEYS - {"seconds"}}
+
+
 def test_corrupt_image_skipped_and_named(reference):
     stdout = reference[1].stdout
     assert f"train: {N_TRAIN} images" in stdout and "skipped 1 non-image file" in stdout

@@ -160,7 +160,8 @@ def open_run(path):
     missing = [k for k in TRAINING_STATE if k not in ckpt] + (["settings"] if settings is None else [])
     if missing:  # e.g. model_checkpoint's file: a model, but no run to continue
         raise UserError(f"{path}: holds a model but not the training state that --resume continues "
-                        f"({', '.join(missing)} missing); start a new run from its weights: --pretrained {quoted(path)}")
+                        f"({', '.join(missing)} missing); start a new run from its weights: "
+                        f"--pretrained {quoted(path)}")
     return ckpt, settings
 
 

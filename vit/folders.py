@@ -68,7 +68,8 @@ def download(url, dest, md5=None, whole=None):
         download_url(url, str(dest.parent), archive.name, md5=md5)  # reuses a whole archive already there
     except OSError as e:  # URLError, HTTPError, timeouts, refused connections
         archive.unlink(missing_ok=True)
-        raise UserError(f"{url}: download failed ({getattr(e, 'reason', e)}); check the network, or {by_hand}") from None
+        raise UserError(f"{url}: download failed ({getattr(e, 'reason', e)}); check the network, or "
+                        f"{by_hand}") from None
     except RuntimeError:  # torchvision's "File not found or corrupted.": another MD5
         archive.unlink(missing_ok=True)
         raise UserError(f"{url}: the download is corrupt or incomplete (its MD5 is not {md5}) and was deleted; run "
@@ -230,7 +231,8 @@ def check_classes(train_dir, classes, test_classes, test_dir):
         only_train = ", ".join(map(shown, sorted(set(classes) - set(test_classes)))) or "none"
         only_test = ", ".join(map(shown, sorted(set(test_classes) - set(classes)))) or "none"
         raise UserError(f"{train_dir.parent}: train/ and {test_dir.name}/ have different class folders (missing in "
-                        f"{test_dir.name}/: {only_train}; missing in train/: {only_test}); give both the same class folders")
+                        f"{test_dir.name}/: {only_train}; missing in train/: {only_test}); give both the same class "
+                        "folders")
     if not classes:
         raise UserError(f"{train_dir}: no class folders, so no images; expected ROOT/train/<class>/<images> and "
                         "ROOT/test/<class>/<images>")

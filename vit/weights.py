@@ -132,7 +132,8 @@ def open_weights(pretrained, name="vit_b_16"):
         state_dict = from_torchvision(obj)
         own = table1_flags(state_dict).get("model", name)  # the weights of the model of its shapes, else of `name`
         meta = _meta_of_file(own, pretrained, state_dict)
-        return Pretrained(state_dict, str(pretrained), *(meta if meta[0] else _meta_of_file(name, pretrained, state_dict)))
+        meta = meta if meta[0] else _meta_of_file(name, pretrained, state_dict)
+        return Pretrained(state_dict, str(pretrained), *meta)
     if isinstance(obj, dict) and "embed.proj.weight" in obj:
         return Pretrained(obj, str(pretrained))
     raise UserError(f"{pretrained}: not a ViT state dict (neither torchvision's nor this project's); "
