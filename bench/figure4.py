@@ -5,8 +5,9 @@
 Reads OUT/results/PREFIX-<photos>-<kind>-s<seed>/metrics.json for every run of that form (kind: probe or ft,
 `--pretrained ... --freeze` and fine-tuned; photos: how many training photos the pretraining had, e.g. 6030), and
 PREFIX-<photos>-<kind>-<label>-s<seed> for points drawn apart (e.g. f4-5250-probe-food7-s0: pretrained on another
-set, labelled food7). Plots each kind's mean over the seeds of the last 10 epochs' test accuracy, every seed as a
-dot, against the photos (log scale), and prints the table.
+set, labelled food7); a run with fewer epochs than the longest of its kind (one still running) is left out.
+Plots each kind's mean over the seeds of the last 10 epochs' test accuracy, every seed as a dot, against the
+photos (log scale), and prints the table.
 """
 import argparse
 import json
@@ -24,10 +25,9 @@ from vit.plots import save_figure  # noqa: E402
 KINDS = {"ft": "fine-tuned", "probe": "linear probe (--freeze)"}
 
 
-def last10(run):
-    """Mean test accuracy of a run's last 10 epochs."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    return statistics.mean(m["test_acc"] for m in metrics[-10:])
+def accuracies(run):
+    """A run's test accuracy, epoch by epoch."""
+    return [m["test_acc"] for m in json.loads((run / "metrics.json").read_text())]
 
 
 def main():
@@ -38,10 +38,21 @@ def main():
     p.add_argument("--out", help="figure file (none: the table only)")
     args = p.parse_args()
     form = re.compile(rf"{re.escape(args.prefix)}-(\d+)-(ft|probe)(?:-([a-z0-9]+))?-s(\d+)")
-    points = defaultdict(list)  # (kind, label, photos) -> last-10 means, one per seed
+    runs = defaultdict(list)  # (kind, label, photos) -> each seed's test accuracies
     for run in sorted((Path(args.out_dir) / "results").glob(f"{args.prefix}-*")):
         if (m := form.fullmatch(run.name)) and (run / "metrics.json").is_file():
-            points[(m[2], m[3] or "", int(m[1]))].append(last10(run))
+            runs[(m[2], m[3] or "", int(m[1]))].append((run.name, accuracies(run)))
+    epochs = defaultdict(int)  # kind -> the most epochs a run of that kind has
+    for (kind, _, _), seeds in runs.items():
+        epochs[kind] = max(epochs[kind], *(len(acc) for _, acc in seeds))
+    points = defaultdict(list)  # (kind, label, photos) -> last-10 means of the finished runs, one per seed
+    for key, seeds in runs.items():
+        for name, acc in seeds:
+            if len(acc) < epochs[key[0]]:  # still running, or stopped: not a point yet
+                print(f"left out: {name}, {len(acc)} of {epochs[key[0]]} epochs", file=sys.stderr)
+            else:
+                points[key].append(statistics.mean(acc[-10:]))
+    points = {key: values for key, values in points.items() if values}
     if not points:
         sys.exit(f"figure4.py: no runs {args.prefix}-<photos>-<ft|probe>-s<seed> in {Path(args.out_dir) / 'results'}")
     print("| pretraining photos | set | kind | last 10, per seed | mean |\n|---|---|---|---|---|")
@@ -63,6 +74,9 @@ def main():
                 ax.plot(photos, statistics.mean(values), "s", color=colour, mfc="none", ms=9)
                 ax.annotate(label, (photos, statistics.mean(values)), textcoords="offset points", xytext=(6, -12))
     ax.set_xscale("log")
+    ticks = sorted({photos for _, label, photos in points if not label})  # a labelled point says its own
+    ax.set_xticks(ticks, [f"{x:,}" for x in ticks], minor=False)
+    ax.minorticks_off()
     ax.set_xlabel("pretraining photos (201 Tiny ImageNet classes; same number of steps)")
     ax.set_ylabel("test accuracy, mean of last 10 epochs")
     ax.set_title(args.title)

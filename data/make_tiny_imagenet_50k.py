@@ -54,11 +54,12 @@ def run(args):
 
 def main():
     printable_output()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=nonempty, default=str(REPO / "data" / "tiny-imagenet-200"),
-                        help="the unpacked official archive (its tiny-imagenet-200 folder)")
+                        help="the unpacked official archive (its tiny-imagenet-200 folder; default "
+                        "data/tiny-imagenet-200, downloaded there when absent)")
     parser.add_argument("--out", type=nonempty, default=str(REPO / "data" / "tiny_imagenet_50k"),
-                        help="the folder to make (absent or empty)")
+                        help="the folder to make, absent or empty (default data/tiny_imagenet_50k)")
     parser.add_argument("--per-class", type=bounded(int, 1, 250), metavar="N",
                         help="only the first N of each class's 250 training photos (all 25 test photos)")
     return exit_status(run, parser.parse_args())
