@@ -10,7 +10,6 @@ Plots each kind's mean over the seeds of the last 10 epochs' test accuracy, ever
 photos (log scale), and prints the table.
 """
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -20,14 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from matplotlib.figure import Figure  # noqa: E402
 
+from vit.compare import load_run  # noqa: E402
 from vit.plots import save_figure  # noqa: E402
 
 KINDS = {"ft": "fine-tuned", "probe": "linear probe (--freeze)"}
-
-
-def accuracies(run):
-    """A run's test accuracy, epoch by epoch."""
-    return [m["test_acc"] for m in json.loads((run / "metrics.json").read_text())]
 
 
 def main():
@@ -41,7 +36,7 @@ def main():
     runs = defaultdict(list)  # (kind, label, photos) -> each seed's test accuracies
     for run in sorted((Path(args.out_dir) / "results").glob(f"{args.prefix}-*")):
         if (m := form.fullmatch(run.name)) and (run / "metrics.json").is_file():
-            runs[(m[2], m[3] or "", int(m[1]))].append((run.name, accuracies(run)))
+            runs[(m[2], m[3] or "", int(m[1]))].append((run.name, [e["test_acc"] for e in load_run(run)[1]]))
     epochs = defaultdict(int)  # kind -> the most epochs a run of that kind has
     for (kind, _, _), seeds in runs.items():
         epochs[kind] = max(epochs[kind], *(len(acc) for _, acc in seeds))

@@ -30,16 +30,16 @@ def run(args):
     with gzip.open(MANIFEST, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines()
     if args.per_class:  # the first N training photos of each class, in the manifest's order; every test photo
-        taken = Counter(line.split("/")[1] for line in lines if line.startswith("train/"))
-        kept = []
-        for line in reversed(lines):  # from the end: a class's count falls to N, its first N stay
-            wnid = line.split("/")[1] if line.startswith("train/") else None
-            if wnid is None or taken[wnid] <= args.per_class:
-                kept.append(line)
-            else:
-                taken[wnid] -= 1
-        lines = kept[::-1]
-    if not Path(args.source).exists() and Path(args.source) == DATA_DIR / NAME:
+        taken, kept = Counter(), []
+        for line in lines:
+            if line.startswith("train/"):
+                wnid = line.split("/")[1]
+                taken[wnid] += 1
+                if taken[wnid] > args.per_class:
+                    continue
+            kept.append(line)
+        lines = kept
+    if not Path(args.source).exists() and Path(args.source) == DATA_DIR / NAME:  # the default, not yet there
         resolve_data(NAME)  # the official archive, downloaded and unpacked there
     missing = make_subset(args.source, lines, args.out)
     out = Path(args.out)
@@ -55,7 +55,7 @@ def run(args):
 def main():
     printable_output()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=nonempty, default=str(REPO / "data" / "tiny-imagenet-200"),
+    parser.add_argument("--source", type=nonempty, default=str(DATA_DIR / NAME),
                         help="the unpacked official archive (its tiny-imagenet-200 folder; default "
                         "data/tiny-imagenet-200, downloaded there when absent)")
     parser.add_argument("--out", type=nonempty, default=str(REPO / "data" / "tiny_imagenet_50k"),
