@@ -46,7 +46,7 @@ from vit.cache import CACHE_DIR, load_split
 from vit.folders import expand_inputs, is_image, is_listing, labelled_folder
 from vit.decoding import eval_batches
 from vit.loaders import eval_images
-from vit.transforms import eval_normalise
+from vit.transforms import eval_normalise, eval_transform
 from vit.device import pick_device
 from vit.errors import UserError, bounded, exit_status, nonempty, printable_output
 from vit.explain import model_view, rollout, save_attention_figure, save_prediction_figure, token_shift
@@ -190,7 +190,8 @@ def evaluate_folder(model, root, device, batch_size, out_dir, failures, as_json=
         failures.append(f"{path}: {reason}")
         print(f"error: {path}: {reason}", file=sys.stderr)
     decoded.labels = [model.classes.index(names[label]) for label in decoded.labels]  # the model's class indices
-    loader = DataLoader(eval_images(decoded, model.preprocess), batch_size=batch_size)  # as train.py's test pass
+    crops = eval_images(decoded, eval_transform(model.preprocess, normalise=False))  # as train.py's test pass
+    loader = DataLoader(crops, batch_size=batch_size)
     bar = tqdm(loader, desc="evaluate", unit="batch", file=sys.stderr)
     _, _, matrix = evaluate(model, bar, eval_normalise(model.preprocess), len(model.classes), device)
     report = classification_report(matrix, model.classes)

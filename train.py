@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from vit import plots
 from vit.cache import CACHE_DIR
-from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, model_from_checkpoint, open_run,
-                            restore_training, run_files, training_checkpoint)
+from vit.checkpoint import (CheckpointWriter, check_run_files, git_commit, open_run, restore_training, run_files,
+                            start_model, training_checkpoint)
 from vit.device import mixed_precision, pick_device
 from vit.distributed import all_reduce, data_parallel, init_processes, is_master, log, own_share, share_buffers
 from vit.errors import UserError, bounded, file_name, nonempty, printable_output
@@ -50,7 +50,7 @@ from vit.optim import adamw_warmup_cosine
 from vit.settings import MOVABLE, RESUMABLE, describe, flags, new_settings, resumed_settings
 from vit.threads import CpuShare, busy_note
 from vit.transforms import mixing
-from vit.weights import build_model, open_weights
+from vit.weights import open_weights
 
 # -----------------------------------------------------------------------------
 # Recipes: every flag left out takes its value from the recipe that fits the run (choose_recipe).
@@ -201,21 +201,34 @@ def parse_args(argv=None):
 # The run's settings (vit.settings), built once, and the model it starts from
 
 
-def run_settings(given):
-    """The run's settings and the files they come from, each opened once: the checkpoint of --resume, the weights of
-    --pretrained, the data's splits -> (settings, checkpoint or None, weights or None, splits; None when a resumed
-    run has finished)."""
-    if "resume" in given:
-        return resumed_run(given)
+def start_run(given):
+    """What a run starts from, each file opened once: its settings (a new run's, or those of the run that --resume
+    continues), the checkpoint of --resume, the model (vit.checkpoint.start_model: the run's own, random weights, or
+    the weights of --pretrained) and the data's splits -> (settings, checkpoint or None, model, splits); model and
+    splits are None when a resumed run has finished. The settings are printed once; a new run may not overwrite
+    another's files (check_run_files)."""
+    settings, ckpt, source, splits = resumed_run(given) if "resume" in given else new_run(given)
+    if splits is None:
+        return settings, ckpt, None, None
+    log(describe(settings))
+    last, best, _ = run_files(settings.out_dir, settings.name)
+    check_run_files(last, best, given.get("resume"))
+    return settings, ckpt, start_model(settings, splits.names, ckpt, source), splits  # the weights: in the model
+
+
+def new_run(given):
+    """start_run's settings, weights and splits for a new run: the recipe that fits it (choose_recipe), the flags
+    given over it."""
     if given.get("freeze") and not given.get("pretrained"):
         raise UserError("--freeze trains only the head on pretrained features; add --pretrained [PATH]")
     root = resolve_data(given.get("data"))
     splits = find_splits(root)
     pretrained = given.get("pretrained")
     source = open_weights(pretrained, given.get("model", FINETUNE["model"])) if pretrained else None
+    folders = folders_of(given, root)
     recipe, why = choose_recipe(given, splits, source)
     own = source.flags if isinstance(pretrained, str) else {}  # the model the weights are for (their shapes show it)
-    settings = new_settings(recipe, {**given, **folders_of(given, root)}, own, source and source.image_size)
+    settings = new_settings(recipe, {**given, **folders}, own, source and source.image_size)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     settings = replace(settings, name=settings.name or f"{settings.model}-{root.resolve().name}-{stamp}")
     log(f"recipe: {why}; a flag given overrides it (python train.py --help)")
@@ -235,12 +248,15 @@ def folders_of(given, root=None):
 
 
 def resumed_run(given):
-    """run_settings for --resume: the run's own settings (vit.settings.resumed_settings), its images checked."""
+    """start_run's settings, checkpoint and splits for --resume: the run's own settings
+    (vit.settings.resumed_settings), its images checked."""
     ckpt, saved = open_run(given["resume"])
     settings, ignored = resumed_settings(saved, {**given, **folders_of(given)}, given["resume"])
     if ignored:
         log(f"ignored with --resume: {flags(ignored)} (a resumed run keeps the settings it started with)")
     if ckpt["epoch"] >= settings.epochs:
+        log(f"{given['resume']}: the run finished all {settings.epochs} epochs, nothing to resume; for more epochs "
+            "start a new run (--epochs N --name NEW)")
         return settings, ckpt, None, None
     if not Path(settings.data).is_dir():
         raise UserError(f"{settings.data}: the run's images are no longer there; if they have moved, resume with "
@@ -250,21 +266,6 @@ def resumed_run(given):
         raise UserError(f"{settings.data}: classes {splits.names} differ from the checkpoint's {ckpt['classes']}; "
                         "resume with the data the run was trained on")
     return settings, ckpt, None, splits
-
-
-def start_model(settings, classes, ckpt, source):
-    """The model the run starts from, one branch per case: --resume, from scratch, pretrained weights (torchvision's
-    ImageNet weights by name or in a file, or a checkpoint of ours: vit.weights.open_weights read them)."""
-    torch.manual_seed(settings.seed)
-    if ckpt is not None:  # the run's own model and weights, as saved
-        return model_from_checkpoint(ckpt)
-    shape = {k: getattr(settings, k) for k in ("image_size", "patch_size", "num_layers", "stem", "drop_path")}
-    try:
-        if source is None:  # random weights, initialised as torchvision's
-            return build_model(settings.model, num_classes=len(classes), classes=classes, **shape)
-        return build_model(settings.model, num_classes=len(classes), classes=classes, pretrained=source, **shape)
-    except ValueError as e:
-        raise UserError(f"--image-size/--patch-size/--num-layers/--stem: {e}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -350,17 +351,10 @@ def check_finite(epoch, losses, last, lr):
                             f"lengthen --warmup-epochs; {kept}")
 
 
-def train(given):
-    """The training procedure: settings, processes, model, data, optimiser, then the epochs (run_epochs)."""
-    settings, ckpt, source, splits = run_settings(given)
-    if splits is None:
-        log(f"{given['resume']}: the run finished all {settings.epochs} epochs, nothing to resume; for more epochs "
-            "start a new run (--epochs N --name NEW)")
-        return list(ckpt["metrics"])
-    log(describe(settings))
+def train(settings, ckpt, model, splits):
+    """The training procedure, from what the run starts from (start_run): processes, data, optimiser, then the
+    epochs (run_epochs)."""
     last, best, results = run_files(settings.out_dir, settings.name)
-    check_run_files(last, best, given.get("resume"))
-
     device, world, rank = init_processes(pick_device(settings.device))
     if settings.batch_size % world:
         raise UserError(f"--batch-size {settings.batch_size} is not divisible by the {world} processes")
@@ -372,9 +366,6 @@ def train(given):
     if settings.threads:
         torch.set_num_threads(settings.threads)
     autocast, scaler = mixed_precision(device, settings.precision)
-
-    model = start_model(settings, splits.names, ckpt, source)
-    del source  # the weights are in the model: not a second copy in memory
     make_folders(last.parent, results)  # after every check of the flags, before the long work: decoding, training
     model.to(device)
     decoded = decode_splits(splits, model.preprocess, settings.cache_dir)
@@ -453,7 +444,10 @@ def main(argv=None):
     printable_output()
     given = parse_args(argv)
     try:
-        return train(given)
+        settings, ckpt, model, splits = start_run(given)
+        if splits is None:  # a resumed run that had finished
+            return list(ckpt["metrics"])
+        return train(settings, ckpt, model, splits)
     except UserError as e:
         if is_master():  # under torchrun every process finds the same mistake: said once
             print(f"error: {e}", file=sys.stderr)

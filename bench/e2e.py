@@ -35,7 +35,7 @@ if "resume" in given:  # its images and name are the checkpoint's, not these fla
     sys.exit("e2e.py: time a new run, not --resume (the images counted would be the default --data's)")
 if args.alone and not os.path.isfile(args.alone):
     sys.exit(f"e2e.py: {args.alone}: no such file; write it with bench/gpu.py --json")
-run, _, _, splits = train.run_settings(given)  # the settings train.py will run with: its recipe's and the flags'
+run, _, _, splits = train.new_run(given)  # the settings train.py will run with: its recipe's and the flags'
 if min(run.epochs, run.stop_after or run.epochs) < 3:  # said before the run, not after it
     sys.exit("e2e.py: run 3 epochs or more (--epochs, --stop-after): the first warms up, the last is not timed")
 n_train, n_test = (sum(folders.is_image(p) for p in folders.list_files(d)) for d in (splits.train_dir, splits.test_dir))

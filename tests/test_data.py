@@ -510,7 +510,7 @@ def test_split_decoded_and_cached_with_the_preprocessings_resampling(tmp_path):
     load_split(split, ["a", "b"], dict(preprocess, interpolation="bilinear"), cache)
     decoded = load_split(split, ["a", "b"], preprocess, cache)
     assert not decoded.cached  # the bilinear cache of the same folder and size is not this one
-    crops = eval_normalise(preprocess)(eval_images(decoded, preprocess).tensors[0])
+    crops = eval_normalise(preprocess)(eval_images(decoded, eval_transform(preprocess, normalise=False)).tensors[0])
     with Image.open(split / "a/wide.png") as a, Image.open(split / "b/tall.png") as b:
         expected = torch.stack([weights.transforms()(image.convert("RGB")) for image in (a, b)])
     assert (crops - expected).abs().max() < 1e-5
@@ -548,11 +548,12 @@ def test_eval_images_normalised_per_batch_equal_the_per_image_transform():
     gen = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, 18, 18 + i), dtype=torch.uint8, generator=gen) for i in range(5)]
     decoded = Decoded(images, [0, 1, 0, 1, 1], [f"{i}.png" for i in range(5)])
-    crops = eval_images(decoded, preprocess, indices=[1, 3, 4])
+    crop = eval_transform(preprocess, normalise=False)
+    crops = eval_images(decoded, crop, indices=[1, 3, 4])
     assert crops.tensors[0].dtype == torch.uint8 and crops.tensors[1].tolist() == [1, 1, 1]
     per_image = torch.stack([eval_transform(preprocess)(images[i]) for i in (1, 3, 4)])
     assert torch.equal(eval_normalise(preprocess)(crops.tensors[0]), per_image)
-    assert len(eval_images(decoded, preprocess, indices=[])) == 0  # a process with no test images
+    assert len(eval_images(decoded, crop, indices=[])) == 0  # a process with no test images
 
 
 # ---- Mixup / CutMix --------------------------------------------------------------------------------------------------

@@ -214,6 +214,21 @@ def model_from_checkpoint(ckpt):
     return model
 
 
+def start_model(settings, classes, ckpt=None, source=None):
+    """The model a training run starts from (train.py), one branch per case: --resume (the run's own model and
+    weights, as saved in `ckpt`); random weights, initialised as torchvision's; pretrained weights (`source`, as
+    vit.weights.open_weights read them: torchvision's ImageNet weights by name or in a file, or a checkpoint of
+    ours), with a new head for `classes` where theirs differs."""
+    torch.manual_seed(settings.seed)
+    if ckpt is not None:
+        return model_from_checkpoint(ckpt)
+    shape = {k: getattr(settings, k) for k in ("image_size", "patch_size", "num_layers", "stem", "drop_path")}
+    try:
+        return build_model(settings.model, num_classes=len(classes), classes=classes, pretrained=source, **shape)
+    except ValueError as e:
+        raise UserError(f"--image-size/--patch-size/--num-layers/--stem: {e}") from None
+
+
 def load_model(model_path=None, pretrained=None):
     """A model to predict with or look into, in eval mode, and a label naming it -> (model, label): the checkpoint of
     train.py at model_path (predict.py's --model); or with pretrained=True torchvision's ImageNet vit_b_16; or the

@@ -20,10 +20,11 @@ def decode_splits(splits, preprocess, cache_dir):
     """{"train": Decoded, "test": Decoded} of `splits` (find_splits), shorter sides resized as `preprocess` (the
     model's) says, rank 0 first: it decodes and fills the cache, the others then read it. Says what each split
     holds."""
+    folders = {"train": (splits.train_dir, None), "test": (splits.test_dir, splits.test_files)}
     with master_first():
-        decoded = {"train": load_split(splits.train_dir, splits.classes, preprocess, cache_dir),
-                   "test": load_split(splits.test_dir, splits.classes, preprocess, cache_dir, files=splits.test_files)}
-    for (split, dec), folder in zip(decoded.items(), (splits.train_dir, splits.test_dir)):
+        decoded = {split: load_split(folder, splits.classes, preprocess, cache_dir, files=files)
+                   for split, (folder, files) in folders.items()}
+    for (split, dec), (folder, _) in zip(decoded.items(), folders.values()):
         notes = "".join(f"; {note}" for note in ("read from the cache" if dec.cached else "", dec.non_images) if note)
         log(f"data: {split}: {len(dec.images)} images in {len(splits.classes)} classes from {folder}{notes}")
         for path, reason in dec.skipped:
@@ -64,14 +65,14 @@ def make_loaders(decoded, model, settings, generator, place, autocast):
     if args.workers is None:  # the device's default
         args = replace(args, workers=0 if device.type == "cpu" else min(8, os.cpu_count()))
     pre, per_process, pin_memory = model.preprocess, args.batch_size // world, device.type == "cuda"
-    train_set = ImageDataset(decoded["train"], train_transform(model.image_size, pre["mean"], pre["std"],
-                                                                         trivial_augment=args.trivial_augment))
+    augmented = train_transform(model.image_size, pre["mean"], pre["std"], trivial_augment=args.trivial_augment)
     # evaluation preprocessing is the same every epoch: done once, kept as uint8 crops, normalised per batch
-    test_set = eval_images(decoded["test"], pre, range(rank, len(decoded["test"].images), world), args.workers)
-    normalise = eval_normalise(pre)
+    crop, normalise = eval_transform(pre, normalise=False), eval_normalise(pre)
+    train_set = ImageDataset(decoded["train"], augmented)
+    test_set = eval_images(decoded["test"], crop, range(rank, len(decoded["test"].images), world), args.workers)
     if args.freeze:  # the frozen backbone sees every image once; epochs then train the head on the features
         t0, n = time.perf_counter(), len(decoded["train"].images)
-        crops = ImageDataset(decoded["train"], eval_transform(pre, normalise=False))  # streamed, not kept
+        crops = ImageDataset(decoded["train"], crop)  # streamed, not kept
         mine = features(model, Subset(crops, range(rank, n, world)), normalise, 2 * args.batch_size, args.workers,
                         device, autocast)  # each process its share of the training images, then everyone's
         train_set = TensorDataset(*(gather_shares(t, n) for t in mine.tensors))
@@ -162,12 +163,13 @@ def shuffled_loader(dataset, batch_size, order, generator, workers, pin_memory):
                                        generator=torch.Generator())  # only for the workers' own seeds: unused
 
 
-def eval_images(decoded, preprocess, indices=None, workers=0):
-    """TensorDataset of uint8 (3, crop, crop) evaluation crops and labels, of `indices` (default: all).
+def eval_images(decoded, crop, indices=None, workers=0):
+    """TensorDataset of the uint8 (3, S, S) evaluation crops that `crop` makes (eval_transform(preprocess,
+    normalise=False)) and the labels, of `indices` (default: all).
 
     Evaluation preprocessing is the same every epoch, so train.py does it once, not in workers every epoch.
     """
-    dataset = ImageDataset(decoded, eval_transform(preprocess, normalise=False))
+    dataset = ImageDataset(decoded, crop)
     loader = torch.utils.data.DataLoader(dataset if indices is None else torch.utils.data.Subset(dataset, indices),
                                          batch_size=256, num_workers=workers)
     batches = list(loader) or [(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))]

@@ -280,14 +280,15 @@ def load_pretrained(model, pretrained, classes=None):
 
 
 def build_model(name, *, num_classes=1000, image_size=None, pretrained=False, classes=None, **overrides):
-    """A Table 1 model by name; pretrained=True for torchvision's weights, or a path to a weights file. `classes`
-    (names, num_classes of them) keeps a pretrained head only where the weights name the same classes in order.
+    """A Table 1 model by name; pretrained=True for torchvision's weights, a path to a weights file, or weights that
+    open_weights has read. `classes` (names, num_classes of them) keeps a pretrained head only where the weights name
+    the same classes in order.
 
     overrides take torchvision's argument names (patch_size, num_layers, num_heads, hidden_dim,
     mlp_dim) plus dropout, attention_dropout, drop_path and stem ("patch", or "conv" for Sec. 3.1's hybrid).
     """
-    config = model_config(name, **overrides)
     source = open_weights(pretrained, name) if pretrained else None
+    config = model_config(name, **overrides)
     if image_size is None:
         image_size = source.image_size if source else 224
     if config.get("stem") == "conv" and image_size == config["patch_size"]:
