@@ -24,7 +24,8 @@ def decode_splits(splits, preprocess, cache_dir):
     with master_first():
         decoded = {split: load_split(folder, splits.classes, preprocess, cache_dir, files=files)
                    for split, (folder, files) in folders.items()}
-    for (split, dec), (folder, _) in zip(decoded.items(), folders.values()):
+    for split, (folder, _) in folders.items():
+        dec = decoded[split]
         notes = "".join(f"; {note}" for note in ("read from the cache" if dec.cached else "", dec.non_images) if note)
         log(f"data: {split}: {len(dec.images)} images in {len(splits.classes)} classes from {folder}{notes}")
         for path, reason in dec.skipped:
